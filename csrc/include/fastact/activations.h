@@ -1,0 +1,255 @@
+#pragma once
+// One functor per activation: fwd(x) and bwd(x, dy) = dy * f'(x), written once
+// for float and double (the opmath types) and for host and device. The CPU
+// and CUDA kernels, the GLU family and the fused dropout variants all call
+// these; no formula is written twice.
+//
+// The formulas follow ATen's kernels operation for operation (comparison
+// direction included), so that special values behave as in torch: NaN
+// propagates where torch propagates it, and the gradient at a kink (relu at 0,
+// hardtanh at its bounds, shrink at +-lambd, softplus past threshold) is
+// torch's choice.
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include "fastact/macros.h"
+#include "fastact/math.h"
+
+namespace fastact {
+
+namespace m = ::fastact::math;
+
+struct Relu {
+  template <class T> FA_HD T fwd(T x) const { return x < T(0) ? T(0) : x; }
+  template <class T> FA_HD T bwd(T x, T dy) const { return x <= T(0) ? T(0) : dy; }
+};
+
+struct LeakyRelu {
+  double slope;
+  explicit LeakyRelu(double negative_slope) : slope(negative_slope) {}
+  template <class T> FA_HD T fwd(T x) const { return fwd_with(x, T(slope)); }
+  template <class T> FA_HD T bwd(T x, T dy) const { return bwd_with(x, dy, T(slope)); }
+  // With a slope that varies per element (prelu's per-channel weight, rrelu's draws).
+  template <class T> static FA_HD T fwd_with(T x, T s) { return x > T(0) ? x : x * s; }
+  template <class T> static FA_HD T bwd_with(T x, T dy, T s) { return x > T(0) ? dy : dy * s; }
+};
+
+// torch's elu(x, alpha, scale, input_scale); selu and celu are instances.
+struct Elu {
+  double alpha, scale, input_scale;
+  explicit Elu(double alpha_ = 1.0, double scale_ = 1.0, double input_scale_ = 1.0)
+      : alpha(alpha_), scale(scale_), input_scale(input_scale_) {}
+  template <class T> FA_HD T fwd(T x) const {
+    return x <= T(0) ? T(alpha * scale) * m::expm1(x * T(input_scale)) : x * T(scale);
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    return x <= T(0) ? dy * T(input_scale * alpha * scale) * m::exp(x * T(input_scale))
+                     : dy * T(scale);
+  }
+};
+
+struct Selu : Elu {
+  Selu() : Elu(1.6732632423543772848170429916717, 1.0507009873554804934193349852946, 1.0) {}
+};
+
+struct Celu : Elu {
+  explicit Celu(double alpha_) : Elu(check_alpha(alpha_), 1.0, 1.0 / alpha_) {}
+  static double check_alpha(double a) {
+    TORCH_CHECK_VALUE(a != 0, "fastact.celu: alpha cannot be 0");
+    return a;
+  }
+};
+
+struct Gelu {
+  bool tanh_form;
+  explicit Gelu(c10::string_view approximate) : tanh_form(parse(approximate)) {}
+  static bool parse(c10::string_view a) {
+    TORCH_CHECK_VALUE(a == "none" || a == "tanh",
+                      "fastact.gelu: approximate must be 'none' or 'tanh', got '", a, "'");
+    return a == "tanh";
+  }
+  static constexpr double kSqrt1_2 = 0.70710678118654752440;      // 1/sqrt(2)
+  static constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1/sqrt(2*pi)
+  static constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2/pi)
+  static constexpr double kKappa = 0.044715;
+  template <class T> FA_HD T fwd(T x) const {
+    if (tanh_form) {
+      T inner = T(kSqrt2OverPi) * (x + T(kKappa) * x * x * x);
+      return T(0.5) * x * (T(1) + m::tanh(inner));
+    }
+    return x * T(0.5) * (T(1) + m::erf(x * T(kSqrt1_2)));
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    if (tanh_form) {
+      T x_sq = x * x;
+      T t = m::tanh(T(kSqrt2OverPi) * (x + T(kKappa) * x_sq * x));
+      T left_derivative = T(0.5) * (T(1) + t);
+      T right_derivative =
+          T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kKappa) * x_sq);
+      return dy * (left_derivative + right_derivative);
+    }
+    T cdf = T(0.5) * (T(1) + m::erf(x * T(kSqrt1_2)));
+    T pdf = m::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);
+    return dy * (cdf + x * pdf);
+  }
+};
+
+// x * sigmoid(beta * x); silu and quick_gelu are instances.
+struct Swish {
+  double beta;
+  explicit Swish(double beta_ = 1.0) : beta(beta_) {}
+  template <class T> FA_HD T fwd(T x) const { return fwd_with(x, T(beta)); }
+  template <class T> FA_HD T bwd(T x, T dy) const { return bwd_with(x, dy, T(beta)); }
+  // With a beta that varies per element (a tensor beta, one value per feature).
+  template <class T> static FA_HD T fwd_with(T x, T b) { return x / (T(1) + m::exp(-b * x)); }
+  template <class T> static FA_HD T bwd_with(T x, T dy, T b) {
+    T s = T(1) / (T(1) + m::exp(-b * x));
+    return dy * s * (T(1) + b * x * (T(1) - s));
+  }
+  // d/d(beta) of x * sigmoid(beta * x), times dy.
+  template <class T> static FA_HD T dbeta_with(T x, T dy, T b) {
+    T s = T(1) / (T(1) + m::exp(-b * x));
+    return dy * x * x * s * (T(1) - s);
+  }
+};
+struct Silu : Swish { Silu() : Swish(1.0) {} };
+struct QuickGelu : Swish { QuickGelu() : Swish(1.702) {} };
+
+struct Mish {
+  template <class T> FA_HD T fwd(T x) const { return x * m::tanh(m::log1p(m::exp(x))); }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T s = T(1) / (T(1) + m::exp(-x));
+    T t = m::tanh(m::log1p(m::exp(x)));
+    return dy * (t + x * s * (T(1) - t * t));
+  }
+};
+
+struct Sigmoid {
+  template <class T> FA_HD T fwd(T x) const { return T(1) / (T(1) + m::exp(-x)); }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T y = fwd(x);
+    return dy * (T(1) - y) * y;
+  }
+};
+
+struct Tanh {
+  template <class T> FA_HD T fwd(T x) const { return m::tanh(x); }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T t = m::tanh(x);
+    return dy * (T(1) - t * t);
+  }
+};
+
+struct LogSigmoid {
+  template <class T> FA_HD T fwd(T x) const {
+    return m::min_nan(T(0), x) - m::log1p(m::exp(-m::abs(x)));
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T z = m::exp(-m::abs(x));
+    return x < T(0) ? dy * (T(1) - z / (T(1) + z)) : dy * (z / (T(1) + z));
+  }
+};
+
+struct Hardswish {
+  template <class T> FA_HD T fwd(T x) const {
+    return x * m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) / T(6);
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    return x < T(-3) ? T(0) : (x <= T(3) ? dy * (x / T(3) + T(0.5)) : dy);
+  }
+};
+
+struct Hardsigmoid {
+  template <class T> FA_HD T fwd(T x) const {
+    return m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) / T(6);
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    return (x > T(-3) && x < T(3)) ? dy * T(1.0 / 6.0) : T(0);
+  }
+};
+
+struct Hardtanh {
+  double lo, hi;
+  Hardtanh(double min_val, double max_val) : lo(min_val), hi(max_val) {
+    TORCH_CHECK_VALUE(min_val <= max_val, "fastact.hardtanh: min_val (", min_val,
+                      ") cannot be greater than max_val (", max_val, ")");
+  }
+  template <class T> FA_HD T fwd(T x) const {
+    return x < T(lo) ? T(lo) : (x > T(hi) ? T(hi) : x);
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    return (x <= T(lo) || x >= T(hi)) ? T(0) : dy;
+  }
+};
+struct Relu6 : Hardtanh { Relu6() : Hardtanh(0.0, 6.0) {} };
+
+struct Softplus {
+  double beta, threshold;
+  Softplus(double beta_, double threshold_) : beta(beta_), threshold(threshold_) {}
+  template <class T> FA_HD T fwd(T x) const {
+    T bx = x * T(beta);
+    return bx > T(threshold) ? x : m::log1p(m::exp(bx)) / T(beta);
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T bx = x * T(beta);
+    T z = m::exp(bx);
+    return bx > T(threshold) ? dy : dy * z / (z + T(1));
+  }
+};
+
+struct Softshrink {
+  double lambd;
+  explicit Softshrink(double l) : lambd(l) {
+    TORCH_CHECK_VALUE(l >= 0, "fastact.softshrink: lambd must be greater or equal to 0, got ", l);
+  }
+  template <class T> FA_HD T fwd(T x) const {
+    return x > T(lambd) ? x - T(lambd) : (x < -T(lambd) ? x + T(lambd) : x * T(0));
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    return (x >= -T(lambd) && x <= T(lambd)) ? T(0) : dy;
+  }
+};
+
+struct Hardshrink {
+  double lambd;
+  explicit Hardshrink(double l) : lambd(l) {}
+  template <class T> FA_HD T fwd(T x) const {
+    return (x >= -T(lambd) && x <= T(lambd)) ? T(0) : x;
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    return (x >= -T(lambd) && x <= T(lambd)) ? T(0) : dy;
+  }
+};
+
+struct Tanhshrink {
+  template <class T> FA_HD T fwd(T x) const { return x - m::tanh(x); }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T t = m::tanh(x);
+    return dy * t * t;
+  }
+};
+
+struct Softsign {
+  template <class T> FA_HD T fwd(T x) const { return x / (T(1) + m::abs(x)); }
+  template <class T> FA_HD T bwd(T x, T dy) const {
+    T d = T(1) + m::abs(x);
+    return dy / (d * d);
+  }
+};
+
+struct Threshold {
+  double threshold, value;
+  Threshold(double threshold_, double value_) : threshold(threshold_), value(value_) {}
+  template <class T> FA_HD T fwd(T x) const { return x <= T(threshold) ? T(value) : x; }
+  template <class T> FA_HD T bwd(T x, T dy) const { return x <= T(threshold) ? T(0) : dy; }
+};
+
+struct SquaredRelu {
+  template <class T> FA_HD T fwd(T x) const {
+    T r = x < T(0) ? T(0) : x;
+    return r * r;
+  }
+  template <class T> FA_HD T bwd(T x, T dy) const { return x <= T(0) ? T(0) : T(2) * x * dy; }
+};
+
+}  // namespace fastact

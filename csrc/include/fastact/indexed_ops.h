@@ -1,0 +1,264 @@
+#pragma once
+// Activations whose parameter varies with the element: prelu (one slope per
+// channel, dim 1), swish with a tensor beta (one per last-dim feature, or one
+// for all) and rrelu in training (a random slope per element from Philox).
+// They use the same launcher and functors as the other activations; the op
+// adapter computes the parameter from the element's index, so the input is
+// made contiguous (row-major) first.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <tuple>
+
+#include "fastact/activation_ops.h"
+#include "fastact/activations.h"
+#include "fastact/checks.h"
+#include "fastact/dispatch.h"
+#include "fastact/elementwise.h"
+#include "fastact/philox.h"
+
+namespace fastact {
+
+// The value of a small parameter tensor that applies to element i: one value
+// for all (count == 1) or one per `count` consecutive groups of `inner`.
+template <class T>
+struct ParamOf {
+  const T* values;
+  int64_t count, inner;
+  FA_HD T at(int64_t i) const { return count == 1 ? values[0] : values[(i / inner) % count]; }
+};
+
+template <class T>
+struct PReluFwd {
+  static constexpr int kIn = 1, kOut = 1;
+  ParamOf<T> w;
+  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
+    out[0] = LeakyRelu::fwd_with(in[0], U(w.at(i)));
+  }
+};
+// Outputs dx and the element's share of d(weight), summed per channel afterwards.
+template <class T>
+struct PReluBwd {
+  static constexpr int kIn = 2, kOut = 2;
+  ParamOf<T> w;
+  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
+    out[0] = LeakyRelu::bwd_with(in[1], in[0], U(w.at(i)));
+    out[1] = in[1] > U(0) ? U(0) : in[1] * in[0];
+  }
+};
+
+template <class T>
+struct SwishBetaFwd {
+  static constexpr int kIn = 1, kOut = 1;
+  ParamOf<T> beta;
+  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
+    out[0] = Swish::fwd_with(in[0], U(beta.at(i)));
+  }
+};
+// Outputs dx and the element's share of d(beta), summed per feature afterwards.
+template <class T>
+struct SwishBetaBwd {
+  static constexpr int kIn = 2, kOut = 2;
+  ParamOf<T> beta;
+  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
+    const U b = U(beta.at(i));
+    out[0] = Swish::bwd_with(in[1], in[0], b);
+    out[1] = Swish::dbeta_with(in[1], in[0], b);
+  }
+};
+
+struct RandomSlope {
+  uint64_t seed, offset;
+  float lower, upper;
+  FA_HD float at(int64_t i) const {
+    return lower + (upper - lower) * philox_uniform(seed, offset, static_cast<uint64_t>(i));
+  }
+};
+struct RReluFwd {
+  static constexpr int kIn = 1, kOut = 1;
+  RandomSlope r;
+  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
+    out[0] = LeakyRelu::fwd_with(in[0], U(r.at(i)));
+  }
+};
+struct RReluBwd {
+  static constexpr int kIn = 2, kOut = 1;
+  RandomSlope r;
+  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
+    out[0] = LeakyRelu::bwd_with(in[1], in[0], U(r.at(i)));
+  }
+};
+
+// prelu's weight as one value or one per channel (dim 1 of input), in opmath.
+inline at::Tensor prelu_weight(const at::Tensor& input, const at::Tensor& weight,
+                               at::ScalarType opmath) {
+  constexpr const char* op = "fastact.prelu";
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.device() == input.device(), op, ": weight is on ", weight.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK_VALUE(weight.dim() <= 1, op, ": weight must be a scalar or 1-D tensor, got ",
+                    weight.dim(), "-D");
+  const int64_t n = weight.numel();
+  if (n != 1) {
+    const int64_t channels = input.dim() >= 2 ? input.size(1) : 1;
+    TORCH_CHECK_VALUE(n == channels, op, ": weight has ", n,
+                      " values but input has ", channels, " channels (dim 1)");
+  }
+  return weight.to(opmath).contiguous();
+}
+
+inline int64_t prelu_inner(const at::Tensor& x, int64_t channels) {
+  if (channels == 1) return 1;
+  int64_t inner = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) inner *= x.size(d);
+  return inner;
+}
+
+inline at::Tensor swish_beta_values(const at::Tensor& input, const at::Tensor& beta,
+                                    at::ScalarType opmath) {
+  constexpr const char* op = "fastact.swish";
+  check_float(beta, op, "beta");
+  TORCH_CHECK(beta.device() == input.device() || beta.dim() == 0, op, ": beta is on ",
+              beta.device(), " but input is on ", input.device());
+  const int64_t features = input.dim() >= 1 ? input.size(-1) : 1;
+  TORCH_CHECK_VALUE(beta.numel() == 1 || (beta.dim() >= 1 && beta.size(-1) == features &&
+                                          beta.numel() == features),
+                    op, ": beta must hold one value or one per feature (", features,
+                    ", the last dim of input), got shape ", beta.sizes());
+  return beta.to(input.device(), opmath).contiguous().view({-1});
+}
+
+inline RandomSlope rrelu_slope(double lower, double upper, const at::Tensor& seed) {
+  constexpr const char* op = "fastact.rrelu";
+  TORCH_CHECK_VALUE(lower <= upper, op, ": lower bound (", lower,
+                    ") must not exceed upper bound (", upper, ")");
+  TORCH_CHECK(seed.device().is_cpu() && seed.scalar_type() == at::kLong && seed.numel() == 2,
+              op, ": seed must be a CPU int64 tensor [seed, offset]");
+  const int64_t* s = seed.const_data_ptr<int64_t>();
+  return RandomSlope{static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1]),
+                     static_cast<float>(lower), static_cast<float>(upper)};
+}
+
+template <class L>
+struct IndexedOps {
+  static at::Tensor prelu(const at::Tensor& self, const at::Tensor& weight) {
+    check_float(self, "fastact.prelu");
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = self.contiguous();
+    at::Tensor out = at::empty_like(x);
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.prelu", [&] {
+      using T = at::opmath_type<scalar_t>;
+      at::Tensor w = prelu_weight(x, weight, c10::CppTypeToScalarType<T>::value);
+      ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
+      L::run(PReluFwd<T>{p}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+    });
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> prelu_backward(const at::Tensor& grad_output,
+                                                           const at::Tensor& self,
+                                                           const at::Tensor& weight) {
+    check_float(self, "fastact.prelu", "self");
+    check_like(grad_output, self, "fastact.prelu", "grad_output", "self");
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = self.contiguous();
+    at::Tensor dy = grad_output.contiguous();
+    at::Tensor dx = at::empty_like(x);
+    at::Tensor dw;
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.prelu", [&] {
+      using T = at::opmath_type<scalar_t>;
+      const auto opmath = c10::CppTypeToScalarType<T>::value;
+      at::Tensor w = prelu_weight(x, weight, opmath);
+      ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
+      at::Tensor share = at::empty_like(x);
+      L::run(PReluBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
+      // The weight's gradient sums the shares over all but the channel dim.
+      if (w.numel() == 1) {
+        dw = share.sum(opmath);
+      } else {
+        dw = share.view({x.size(0), x.size(1), p.inner}).sum({0, 2}, false, opmath);
+      }
+      dw = dw.view(weight.sizes()).to(weight.scalar_type());
+    });
+    return {dx, dw};
+  }
+
+  static at::Tensor swish_beta(const at::Tensor& self, const at::Tensor& beta) {
+    check_float(self, "fastact.swish");
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = self.contiguous();
+    at::Tensor out = at::empty_like(x);
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
+      using T = at::opmath_type<scalar_t>;
+      at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
+      ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
+      L::run(SwishBetaFwd<T>{p}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+    });
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> swish_beta_backward(const at::Tensor& grad_output,
+                                                                const at::Tensor& self,
+                                                                const at::Tensor& beta) {
+    check_float(self, "fastact.swish", "self");
+    check_like(grad_output, self, "fastact.swish", "grad_output", "self");
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = self.contiguous();
+    at::Tensor dy = grad_output.contiguous();
+    at::Tensor dx = at::empty_like(x);
+    at::Tensor dbeta;
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
+      using T = at::opmath_type<scalar_t>;
+      at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
+      ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
+      // The per-element share of d(beta) is kept in scalar_t; the sum runs in opmath.
+      at::Tensor share = at::empty_like(x);
+      L::run(SwishBetaBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
+      const int64_t features = b.numel() == 1 ? 1 : x.size(-1);
+      dbeta = share.view({-1, features}).sum(0, false, c10::CppTypeToScalarType<T>::value);
+      if (b.numel() == 1) dbeta = dbeta.sum();
+      dbeta = dbeta.view(beta.sizes()).to(beta.scalar_type());
+    });
+    return {dx, dbeta};
+  }
+
+  static at::Tensor rrelu_train(const at::Tensor& self, double lower, double upper,
+                                const at::Tensor& seed) {
+    check_float(self, "fastact.rrelu");
+    RandomSlope r = rrelu_slope(lower, upper, seed);
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = dense(self);
+    at::Tensor out = at::empty_like(x);
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
+      L::run(RReluFwd{r}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+    });
+    return out;
+  }
+
+  static at::Tensor rrelu_train_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                                         double lower, double upper, const at::Tensor& seed) {
+    check_float(self, "fastact.rrelu", "self");
+    check_like(grad_output, self, "fastact.rrelu", "grad_output", "self");
+    RandomSlope r = rrelu_slope(lower, upper, seed);
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = dense(self);
+    at::Tensor dy = same_layout(grad_output, x);
+    at::Tensor dx = at::empty_like(x);
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
+      L::run(RReluBwd{r}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
+    });
+    return dx;
+  }
+};
+
+#define FA_REGISTER_INDEXED_OPS(L)                                             \
+  m.impl("prelu", &::fastact::IndexedOps<L>::prelu);                           \
+  m.impl("prelu_backward", &::fastact::IndexedOps<L>::prelu_backward);         \
+  m.impl("swish_beta", &::fastact::IndexedOps<L>::swish_beta);                 \
+  m.impl("swish_beta_backward", &::fastact::IndexedOps<L>::swish_beta_backward); \
+  m.impl("rrelu_train", &::fastact::IndexedOps<L>::rrelu_train);               \
+  m.impl("rrelu_train_backward", &::fastact::IndexedOps<L>::rrelu_train_backward);
+
+}  // namespace fastact

@@ -1,0 +1,13 @@
+#pragma once
+// FA_HD marks code that runs on both host and device: the activation functors,
+// the math helpers and the Philox generator are written once and compiled by
+// g++ for the CPU kernels and by nvcc for the CUDA kernels.
+#if defined(__CUDACC__)
+#define FA_HD __host__ __device__ __forceinline__
+#else
+#define FA_HD inline
+#endif
+
+// Removes the parentheses around a macro argument: FA_STRIP (double, double)
+// expands to `double, double`. The op list writes C++ argument types this way.
+#define FA_STRIP(...) __VA_ARGS__

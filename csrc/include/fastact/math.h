@@ -1,0 +1,58 @@
+#pragma once
+// Elementary functions used by the activation functors, for float and double.
+//
+// On the host the CPU kernels are plain loops over these scalar functions; to
+// make them SIMD we declare the libm functions `omp declare simd`, which lets
+// GCC call glibc's vector variants (libmvec, e.g. _ZGVdN8v_expf) from the
+// vectorized loop. glibc >= 2.22 has exp/log, >= 2.35 also expm1, log1p, tanh
+// and erf. The vector variants keep IEEE special values (inf, nan) and are
+// accurate to a few ulp. setup.py defines FASTACT_USE_LIBMVEC only when it
+// found libmvec to link against; without it the loops stay correct, scalar.
+#include <cmath>
+#include "fastact/macros.h"
+
+#if !defined(__CUDACC__) && defined(FASTACT_USE_LIBMVEC) && defined(__GLIBC__) && \
+    defined(__x86_64__) && defined(_OPENMP)
+#define FA_SIMD_DECL _Pragma("omp declare simd notinbranch")
+extern "C" {
+FA_SIMD_DECL float expf(float);
+FA_SIMD_DECL double exp(double);
+FA_SIMD_DECL float logf(float);
+FA_SIMD_DECL double log(double);
+#if __GLIBC_PREREQ(2, 35)
+FA_SIMD_DECL float expm1f(float);
+FA_SIMD_DECL double expm1(double);
+FA_SIMD_DECL float log1pf(float);
+FA_SIMD_DECL double log1p(double);
+FA_SIMD_DECL float tanhf(float);
+FA_SIMD_DECL double tanh(double);
+FA_SIMD_DECL float erff(float);
+FA_SIMD_DECL double erf(double);
+#endif
+}
+#undef FA_SIMD_DECL
+#endif
+
+namespace fastact::math {
+
+FA_HD float exp(float x) { return ::expf(x); }
+FA_HD double exp(double x) { return ::exp(x); }
+FA_HD float log(float x) { return ::logf(x); }
+FA_HD double log(double x) { return ::log(x); }
+FA_HD float expm1(float x) { return ::expm1f(x); }
+FA_HD double expm1(double x) { return ::expm1(x); }
+FA_HD float log1p(float x) { return ::log1pf(x); }
+FA_HD double log1p(double x) { return ::log1p(x); }
+FA_HD float tanh(float x) { return ::tanhf(x); }
+FA_HD double tanh(double x) { return ::tanh(x); }
+FA_HD float erf(float x) { return ::erff(x); }
+FA_HD double erf(double x) { return ::erf(x); }
+FA_HD float abs(float x) { return ::fabsf(x); }
+FA_HD double abs(double x) { return ::fabs(x); }
+
+// std::max/std::min argument order: a NaN in `a` propagates, as in ATen's
+// scalar kernels (std::max(nan, 0) is nan, std::min(nan, 6) is nan).
+template <class T> FA_HD T max_nan(T a, T b) { return a < b ? b : a; }
+template <class T> FA_HD T min_nan(T a, T b) { return b < a ? b : a; }
+
+}  // namespace fastact::math

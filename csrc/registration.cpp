@@ -1,0 +1,61 @@
+// Every schema of the fastact library, defined once. Kernels are registered
+// per device in cpu/ and cuda/; fake kernels and autograd in python/fastact/ops.py.
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "fastact/build_info.h"
+#include "fastact/ops.h"
+
+namespace {
+
+std::string with_args(const char* head, const char* args) {
+  std::string s(head);
+  if (args[0] != '\0') s += std::string(", ") + args;
+  return s;
+}
+
+std::vector<std::string> activation_ops() {
+  std::vector<std::string> ops;
+#define FA_LIST_OP(name, F, ARGS, SCHEMA) ops.push_back(std::string(#name "|") + SCHEMA);
+  FASTACT_ACTIVATIONS(FA_LIST_OP)
+#undef FA_LIST_OP
+  return ops;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fastact, m) {
+#define FA_DEF_ACTIVATION(name, F, ARGS, SCHEMA)                                          \
+  m.def((with_args(#name "(Tensor self", SCHEMA) + ") -> Tensor").c_str());               \
+  m.def((with_args(#name "_(Tensor(a!) self", SCHEMA) + ") -> ()").c_str());              \
+  m.def((with_args(#name "_backward(Tensor grad_output, Tensor self", SCHEMA) + ") -> Tensor") \
+            .c_str());
+  FASTACT_ACTIVATIONS(FA_DEF_ACTIVATION)
+#undef FA_DEF_ACTIVATION
+
+  // Activations whose parameter varies per element (indexed_ops.h).
+  m.def("prelu(Tensor self, Tensor weight) -> Tensor");
+  m.def("prelu_backward(Tensor grad_output, Tensor self, Tensor weight) -> (Tensor, Tensor)");
+  m.def("swish_beta(Tensor self, Tensor beta) -> Tensor");
+  m.def("swish_beta_backward(Tensor grad_output, Tensor self, Tensor beta) -> (Tensor, Tensor)");
+  // seed: CPU int64 [seed, offset] of the Philox stream that draws the slopes.
+  m.def("rrelu_train(Tensor self, float lower, float upper, Tensor seed) -> Tensor");
+  m.def("rrelu_train_backward(Tensor grad_output, Tensor self, float lower, float upper, "
+        "Tensor seed) -> Tensor");
+
+  // Introspection for the Python layer, the tests and the benchmarks.
+  m.def("_activation_ops() -> str[]", &activation_ops);
+  m.def("_build_info() -> str", &fastact::build_info_string);
+}
+
+#ifdef FASTACT_PYTHON_MODULE
+// `import fastact._C` loads this library, whose static initializers register
+// the ops; the module itself is empty.
+#include <Python.h>
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+#endif

@@ -1,0 +1,32 @@
+"""fastact: fused CUDA/C++ kernels for training, registered as PyTorch operators."""
+import torch
+
+from . import _C  # noqa: F401  (loads the library; its initializers register the ops)
+from . import ops as _ops  # noqa: F401  (fake kernels and autograd)
+from . import functional, nn  # noqa: F401
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "nn", "cuda_compiled", "build_info", "__version__"]
+
+
+def cuda_compiled() -> bool:
+    """True when the extension holds CUDA kernels."""
+    return build_info()["cuda_compiled"]
+
+
+def build_info() -> dict:
+    """What the extension was built with, and what it runs on now."""
+    raw = torch.ops.fastact._build_info()
+    info = dict(line.split("=", 1) for line in raw.strip().splitlines())
+    info["cuda_compiled"] = info.get("cuda_compiled") == "1"
+    info["openmp"] = info.get("openmp") == "1"
+    info["cuda_archs"] = [a for a in info.get("cuda_archs", "").replace(" ", ";").split(";") if a]
+    info["torch_version"] = torch.__version__
+    info["torch_cuda_version"] = torch.version.cuda
+    info["cuda_available"] = torch.cuda.is_available()
+    info["devices"] = ["cpu"] + [
+        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+    ]
+    info["fastact_version"] = __version__
+    return info

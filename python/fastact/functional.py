@@ -1,0 +1,155 @@
+"""fastact ops with the signatures of ``torch.nn.functional``.
+
+Every function here calls a registered ``torch.ops.fastact`` operator; the
+arguments, defaults and semantics are torch's (see shared/API.md).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu",
+    "mish", "sigmoid", "tanh", "logsigmoid", "hardswish", "hardsigmoid", "hardtanh",
+    "softplus", "softshrink", "hardshrink", "tanhshrink", "softsign", "threshold",
+    "swish", "quick_gelu", "squared_relu",
+]
+
+_ops = torch.ops.fastact
+
+
+def _activation(name: str, input: Tensor, inplace: bool, *params) -> Tensor:
+    if not inplace:
+        return getattr(_ops, name)(input, *params)
+    if torch.is_grad_enabled() and input.requires_grad:
+        # The derivative reads the input that the in-place op overwrites, so
+        # autograd keeps a copy of it, as torch does for in-place activations
+        # (and a leaf that requires grad raises, as in torch).
+        return input.copy_(getattr(_ops, name)(input.clone(), *params))
+    getattr(_ops, name + "_")(input, *params)
+    return input
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("relu", input, inplace)
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("relu6", input, inplace)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    return _activation("leaky_relu", input, inplace, float(negative_slope))
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    return _ops.prelu(input, weight)
+
+
+def _rrelu_seed(input: Tensor) -> Tensor:
+    # (seed, offset) of the Philox stream of the slopes, drawn from the CPU
+    # default generator, so torch.manual_seed makes rrelu reproducible.
+    return torch.randint(-(2**62), 2**62, (2,), dtype=torch.int64, device="cpu")
+
+
+def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
+          inplace: bool = False) -> Tensor:
+    if not training:
+        return leaky_relu(input, (lower + upper) / 2, inplace)
+    if not inplace:
+        return _ops.rrelu_train(input, float(lower), float(upper), _rrelu_seed(input))
+    source = input.clone() if torch.is_grad_enabled() and input.requires_grad else input
+    return input.copy_(_ops.rrelu_train(source, float(lower), float(upper), _rrelu_seed(input)))
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    return _activation("elu", input, inplace, float(alpha))
+
+
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("selu", input, inplace)
+
+
+def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    return _activation("celu", input, inplace, float(alpha))
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    return _ops.gelu(input, approximate)
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("silu", input, inplace)
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("mish", input, inplace)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return _ops.sigmoid(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return _ops.tanh(input)
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    return _ops.logsigmoid(input)
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("hardswish", input, inplace)
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    return _activation("hardsigmoid", input, inplace)
+
+
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
+             inplace: bool = False) -> Tensor:
+    return _activation("hardtanh", input, inplace, float(min_val), float(max_val))
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return _ops.softplus(input, float(beta), float(threshold))
+
+
+def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    return _ops.softshrink(input, float(lambd))
+
+
+def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    return _ops.hardshrink(input, float(lambd))
+
+
+def tanhshrink(input: Tensor) -> Tensor:
+    return _ops.tanhshrink(input)
+
+
+def softsign(input: Tensor) -> Tensor:
+    return _ops.softsign(input)
+
+
+def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
+    return _activation("threshold", input, inplace, float(threshold), float(value))
+
+
+def swish(input: Tensor, beta: Union[float, Tensor] = 1.0) -> Tensor:
+    """``input * sigmoid(beta * input)``; a tensor ``beta`` (one value, or one per
+    last-dim feature) gets its gradient."""
+    if isinstance(beta, Tensor):
+        return _ops.swish_beta(input, beta)
+    return _ops.swish(input, float(beta))
+
+
+def quick_gelu(input: Tensor) -> Tensor:
+    """``input * sigmoid(1.702 * input)``."""
+    return _ops.quick_gelu(input)
+
+
+def squared_relu(input: Tensor) -> Tensor:
+    """``relu(input) ** 2``."""
+    return _ops.squared_relu(input)

@@ -1,0 +1,130 @@
+"""Fake (meta) kernels and autograd for the fastact operators.
+
+Generated from the op list: the C++ library reports its activations through
+``torch.ops.fastact._activation_ops()``, and every one of them gets the same
+three registrations here. Backward calls registered ops, so ``opcheck`` and
+``torch.compile(fullgraph=True)`` see no Python-only code.
+"""
+from __future__ import annotations
+
+import torch
+from torch.library import register_autograd, register_fake
+
+__all__ = ["ACTIVATIONS"]
+
+
+def _activation_table() -> dict[str, list[str]]:
+    """name -> names of the op's scalar arguments, in schema order."""
+    table = {}
+    for line in torch.ops.fastact._activation_ops():
+        name, args = line.split("|", 1)
+        table[name] = [a.strip().split(" ")[1].split("=")[0] for a in args.split(",") if a.strip()]
+    return table
+
+
+#: Every activation of the op list: name -> its scalar argument names.
+ACTIVATIONS: dict[str, list[str]] = _activation_table()
+
+
+def _fake_forward(self, *args):
+    return torch.empty_like(self)
+
+
+def _fake_inplace(self, *args):
+    return None
+
+
+def _fake_backward(grad_output, self, *args):
+    return torch.empty_like(self)
+
+
+def _register_activation(name: str) -> None:
+    backward_op = getattr(torch.ops.fastact, name + "_backward").default
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.params = tuple(inputs[1:])
+
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dx = backward_op(grad, x, *ctx.params) if ctx.needs_input_grad[0] else None
+        return (dx,) + (None,) * len(ctx.params)
+
+    register_fake(f"fastact::{name}")(_fake_forward)
+    register_fake(f"fastact::{name}_")(_fake_inplace)
+    register_fake(f"fastact::{name}_backward")(_fake_backward)
+    register_autograd(f"fastact::{name}", backward, setup_context=setup_context)
+
+
+for _name in ACTIVATIONS:
+    _register_activation(_name)
+
+
+# Activations whose parameter is a tensor or a random stream (indexed_ops.h).
+@register_fake("fastact::prelu")
+def _prelu_fake(self, weight):
+    return torch.empty_like(self, memory_format=torch.contiguous_format)
+
+
+@register_fake("fastact::prelu_backward")
+def _prelu_backward_fake(grad_output, self, weight):
+    return (torch.empty_like(self, memory_format=torch.contiguous_format),
+            torch.empty_like(weight))
+
+
+def _prelu_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _prelu_backward(ctx, grad):
+    x, w = ctx.saved_tensors
+    dx, dw = torch.ops.fastact.prelu_backward(grad, x, w)
+    return dx, dw
+
+
+register_autograd("fastact::prelu", _prelu_backward, setup_context=_prelu_setup)
+
+
+@register_fake("fastact::swish_beta")
+def _swish_beta_fake(self, beta):
+    return torch.empty_like(self, memory_format=torch.contiguous_format)
+
+
+@register_fake("fastact::swish_beta_backward")
+def _swish_beta_backward_fake(grad_output, self, beta):
+    return (torch.empty_like(self, memory_format=torch.contiguous_format),
+            torch.empty_like(beta))
+
+
+def _swish_beta_backward(ctx, grad):
+    x, beta = ctx.saved_tensors
+    dx, dbeta = torch.ops.fastact.swish_beta_backward(grad, x, beta)
+    return dx, (dbeta if ctx.needs_input_grad[1] else None)
+
+
+register_autograd("fastact::swish_beta", _swish_beta_backward, setup_context=_prelu_setup)
+
+
+@register_fake("fastact::rrelu_train")
+def _rrelu_fake(self, lower, upper, seed):
+    return torch.empty_like(self)
+
+
+@register_fake("fastact::rrelu_train_backward")
+def _rrelu_backward_fake(grad_output, self, lower, upper, seed):
+    return torch.empty_like(self)
+
+
+def _rrelu_setup(ctx, inputs, output):
+    x, lower, upper, seed = inputs
+    ctx.save_for_backward(x, seed)
+    ctx.bounds = (lower, upper)
+
+
+def _rrelu_backward(ctx, grad):
+    x, seed = ctx.saved_tensors
+    dx = torch.ops.fastact.rrelu_train_backward(grad, x, *ctx.bounds, seed)
+    return dx, None, None, None
+
+
+register_autograd("fastact::rrelu_train", _rrelu_backward, setup_context=_rrelu_setup)
