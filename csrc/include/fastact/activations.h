@@ -42,9 +42,10 @@ struct Elu {
   template <class T> FA_HD T fwd(T x) const {
     return x <= T(0) ? T(alpha * scale) * m::expm1(x * T(input_scale)) : x * T(scale);
   }
+  // x > 0 tested first: a NaN input takes the exp branch and gives NaN, as in ATen.
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return x <= T(0) ? dy * T(input_scale * alpha * scale) * m::exp(x * T(input_scale))
-                     : dy * T(scale);
+    return x > T(0) ? dy * T(scale)
+                    : dy * T(input_scale * alpha * scale) * m::exp(x * T(input_scale));
   }
 };
 
@@ -155,7 +156,7 @@ struct Hardswish {
     return x * m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) / T(6);
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return x < T(-3) ? T(0) : (x <= T(3) ? dy * (x / T(3) + T(0.5)) : dy);
+    return x <= T(-3) ? T(0) : (x >= T(3) ? dy : dy * (x / T(3) + T(0.5)));
   }
 };
 
@@ -178,7 +179,7 @@ struct Hardtanh {
     return x < T(lo) ? T(lo) : (x > T(hi) ? T(hi) : x);
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return (x <= T(lo) || x >= T(hi)) ? T(0) : dy;
+    return (x > T(lo) && x < T(hi)) ? dy : T(0);
   }
 };
 struct Relu6 : Hardtanh { Relu6() : Hardtanh(0.0, 6.0) {} };
@@ -206,7 +207,7 @@ struct Softshrink {
     return x > T(lambd) ? x - T(lambd) : (x < -T(lambd) ? x + T(lambd) : x * T(0));
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return (x >= -T(lambd) && x <= T(lambd)) ? T(0) : dy;
+    return (x < -T(lambd) || x > T(lambd)) ? dy : T(0);
   }
 };
 
@@ -217,7 +218,7 @@ struct Hardshrink {
     return (x >= -T(lambd) && x <= T(lambd)) ? T(0) : x;
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return (x >= -T(lambd) && x <= T(lambd)) ? T(0) : dy;
+    return (x < -T(lambd) || x > T(lambd)) ? dy : T(0);
   }
 };
 
@@ -231,9 +232,11 @@ struct Tanhshrink {
 
 struct Softsign {
   template <class T> FA_HD T fwd(T x) const { return x / (T(1) + m::abs(x)); }
+  // torch differentiates x / (1 + |x|) as a composition, which gives NaN at
+  // +-inf; the closed form below gives the same everywhere else.
   template <class T> FA_HD T bwd(T x, T dy) const {
     T d = T(1) + m::abs(x);
-    return dy / (d * d);
+    return m::abs(x) == T(INFINITY) ? T(NAN) : dy / (d * d);
   }
 };
 

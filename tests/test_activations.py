@@ -1,0 +1,358 @@
+"""Every activation of the op list against torch: values, gradients, dtypes,
+shapes, layouts, special values, gradcheck, opcheck, torch.compile, in-place
+and bad input. A new op in the op list is picked up here automatically."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastact.functional as F
+from fastact import reference as R
+from fastact.ops import ACTIVATIONS
+from conftest import DEVICES, FLOAT_DTYPES, HALF_DTYPES, assert_matches
+
+CASES = [(name, p) for name in ACTIVATIONS for p in R.params(name)]
+CASE_IDS = [f"{n}{list(p) if p else ''}" for n, p in CASES]
+
+# ops without an in-place form in torch.nn.functional
+NO_INPLACE = {"gelu", "sigmoid", "tanh", "logsigmoid", "softplus", "softshrink", "hardshrink",
+              "tanhshrink", "softsign", "swish", "quick_gelu", "squared_relu"}
+
+SHAPES = [(), (0,), (1,), (7,), (3, 0, 2), (4, 33), (2, 3, 5, 7), (3, 70001)]
+
+
+def op(name):
+    return getattr(torch.ops.fastact, name)
+
+
+def special_points(name, params):
+    """Values where an activation has a kink, a branch or a cut-off, and the
+    IEEE specials."""
+    pts = [0.0, -0.0, 1.0, -1.0, 3.0, -3.0, 6.0, 20.0, -20.0, 1e-8, -1e-8, 88.0, -88.0,
+           1e4, -1e4, math.inf, -math.inf, math.nan]
+    for v in params:
+        if isinstance(v, float):
+            pts += [v, -v, v / 2 if v else 1.0]
+    if name == "softplus":
+        beta, thr = params
+        pts += [thr / beta, thr / beta + 1e-3, thr / beta - 1e-3]
+    return pts
+
+
+def make_input(shape, dtype, device, name, params, scale=4.0):
+    x = torch.randn(shape, dtype=torch.float64) * scale
+    if x.numel() >= 40:
+        pts = torch.tensor(special_points(name, params), dtype=torch.float64)
+        x.view(-1)[: pts.numel()] = pts
+    return x.to(dtype).to(device)
+
+
+def torch_forward_backward(name, params, x, dy):
+    """torch's value and gradient for x (in x's dtype), or for x upcast to float32
+    and rounded back where torch's CPU kernels lack the half type."""
+    fn = R.ACTIVATIONS[name]
+    xr = x.detach().clone().requires_grad_(True)
+    try:
+        y = fn(xr, *params)
+        (g,) = torch.autograd.grad(y, xr, dy)
+        return y.detach(), g
+    except RuntimeError:
+        xf = x.detach().float().requires_grad_(True)
+        y = fn(xf, *params)
+        (g,) = torch.autograd.grad(y, xf, dy.float())
+        return y.detach().to(x.dtype), g.to(x.dtype)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_backward_match_torch(name, params, dtype, shape, device):
+    x = make_input(shape, dtype, device, name, params)
+    dy = torch.randn(shape, dtype=dtype, device=device)
+    y = op(name)(x, *params)
+    dx = getattr(torch.ops.fastact, name + "_backward")(dy, x, *params)
+    y_torch, dx_torch = torch_forward_backward(name, params, x, dy)
+    y64, dx64 = torch_forward_backward(name, params, x.double(), dy.double())
+    assert_matches(y, y_torch, y64)
+    assert_matches(dx, dx_torch, dx64)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_autograd_matches_torch(name, params, device):
+    x = make_input((5, 40), torch.float32, device, name, params).requires_grad_(True)
+    y = op(name)(x, *params)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    y_torch, g_torch = torch_forward_backward(name, params, x, torch.ones_like(x))
+    y64, g64 = torch_forward_backward(name, params, x.double(), torch.ones_like(x).double())
+    assert_matches(y.detach(), y_torch, y64)
+    assert_matches(g, g_torch, g64)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "offset"])
+def test_non_contiguous_input(name, params, layout, device):
+    base = make_input((24, 40), torch.float32, device, name, params)
+    x = {
+        "transposed": base.t(),
+        "sliced": base[::2, 1::3],
+        "expanded": base[:1].expand(5, 40),
+        "offset": base.view(-1)[1:],  # misaligned for 128-bit loads
+    }[layout]
+    dy = torch.randn_like(x.contiguous()).t().contiguous().t() if layout == "transposed" else \
+        torch.randn(x.shape, device=device)
+    y = op(name)(x, *params)
+    dx = getattr(torch.ops.fastact, name + "_backward")(dy, x, *params)
+    torch.testing.assert_close(y, op(name)(x.contiguous(), *params), equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(
+        dx, getattr(torch.ops.fastact, name + "_backward")(dy.contiguous(), x.contiguous(), *params),
+        equal_nan=True, rtol=0, atol=0)
+    if layout == "transposed":  # dense inputs keep their layout, as in torch
+        assert y.stride() == x.stride()
+
+
+def away_from_kinks(name, params, n=24):
+    """float64 inputs at least 1e-3 from every point where the op is not smooth."""
+    x = torch.randn(n, dtype=torch.float64) * 3
+    kinks = [0.0, 3.0, -3.0, 6.0] + [v for p in params if isinstance(p, float) for v in (p, -p)]
+    if name == "softplus":
+        kinks.append(params[1] / params[0])
+    for k in kinks:
+        close = (x - k).abs() < 1e-3
+        x[close] += 1e-2
+    return x
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_gradcheck(name, params, device):
+    x = away_from_kinks(name, params).to(device).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: op(name)(t, *params), (x,))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_opcheck(name, params, device):
+    x = torch.randn(3, 17, device=device)
+    dy = torch.randn(3, 17, device=device)
+    torch.library.opcheck(op(name).default, (x.clone().requires_grad_(True), *params))
+    torch.library.opcheck(getattr(torch.ops.fastact, name + "_backward").default, (dy, x, *params))
+    torch.library.opcheck(getattr(torch.ops.fastact, name + "_").default, (x.clone(), *params))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_compile_fullgraph_aot(name, params, device):
+    torch._dynamo.reset()  # every case compiles the same lambda code afresh
+    f = lambda t: op(name)(t, *params) * 2  # noqa: E731
+    x = make_input((4, 9), torch.float32, device, name, params)
+    x1 = x.clone().requires_grad_(True)
+    x2 = x.clone().requires_grad_(True)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    y1, y2 = compiled(x1), f(x2)
+    torch.testing.assert_close(y1, y2, equal_nan=True)
+    y1.sum().backward()
+    y2.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, equal_nan=True)
+
+
+def test_compile_fullgraph_inductor_chain(device):
+    def chain(x, beta):
+        x = F.gelu(x, approximate="tanh")
+        x = F.silu(x) + F.leaky_relu(x, 0.1)
+        x = F.hardtanh(F.softplus(x, 2.0, 10.0), -2.0, 2.0)
+        return F.swish(x, beta) * F.sigmoid(x)
+
+    x = torch.randn(8, 33, device=device, requires_grad=True)
+    beta = torch.tensor(1.3, device=device, requires_grad=True)
+    compiled = torch.compile(chain, fullgraph=True)
+    y = compiled(x, beta)
+    y.sum().backward()
+    gx, gb = x.grad.clone(), beta.grad.clone()
+    x.grad, beta.grad = None, None
+    y_ref = chain(x, beta)
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gb, beta.grad)
+
+
+INPLACE_CASES = [(n, p) for n, p in CASES if n not in NO_INPLACE]
+
+
+@pytest.mark.parametrize("name,params", INPLACE_CASES, ids=[f"{n}{list(p)}" for n, p in INPLACE_CASES])
+def test_inplace(name, params, device):
+    fn = getattr(F, name)
+    x = make_input((6, 50), torch.float32, device, name, params)
+    expected = R.ACTIVATIONS[name](x, *params)
+    y = x.clone()
+    out = fn(y, *params, inplace=True)
+    assert out is y
+    torch.testing.assert_close(y, expected, equal_nan=True)
+    # non-dense tensor: written through its strides
+    z = x.clone()
+    view = z[:, ::2]
+    fn(view, *params, inplace=True)
+    torch.testing.assert_close(z[:, ::2], expected[:, ::2], equal_nan=True)
+    torch.testing.assert_close(z[:, 1::2], x[:, 1::2], equal_nan=True)
+    # with autograd on a non-leaf, as torch allows
+    a = x.clone().requires_grad_(True)
+    b = a * 1.0
+    fn(b, *params, inplace=True).sum().backward()
+    a2 = x.clone().requires_grad_(True)
+    R.ACTIVATIONS[name](a2 * 1.0, *params).sum().backward()
+    torch.testing.assert_close(a.grad, a2.grad, equal_nan=True)
+    # a leaf that requires grad cannot be modified in place
+    with pytest.raises(RuntimeError, match="in-place"):
+        fn(x.clone().requires_grad_(True), *params, inplace=True)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_bad_dtype_raises(name, dtype, device):
+    params = R.params(name)[0]
+    x = torch.ones(4, device=device).to(dtype)
+    with pytest.raises(TypeError, match=f"fastact.{name}"):
+        op(name)(x, *params)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_backward_shape_mismatch_raises(name, device):
+    params = R.params(name)[0]
+    with pytest.raises(ValueError, match=f"fastact.{name}.*shape"):
+        getattr(torch.ops.fastact, name + "_backward")(
+            torch.ones(3, device=device), torch.ones(4, device=device), *params)
+    with pytest.raises(TypeError, match=f"fastact.{name}.*dtype"):
+        getattr(torch.ops.fastact, name + "_backward")(
+            torch.ones(4, device=device, dtype=torch.float64), torch.ones(4, device=device), *params)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda x: F.gelu(x, approximate="fast"), "approximate"),
+        (lambda x: F.celu(x, alpha=0.0), "alpha"),
+        (lambda x: F.softshrink(x, -1.0), "lambd"),
+        (lambda x: F.hardtanh(x, 2.0, 1.0), "min_val"),
+    ],
+    ids=["gelu-approximate", "celu-alpha", "softshrink-lambd", "hardtanh-bounds"],
+)
+def test_bad_argument_raises(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(torch.randn(4))
+
+
+# --- activations with a tensor or random parameter -----------------------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,channels", [((5,), 1), ((4, 3), 3), ((2, 6, 5, 7), 6),
+                                            ((2, 6, 5, 7), 1), ((0, 3, 4), 3), ((), 1)])
+def test_prelu(dtype, shape, channels, device):
+    x = make_input(shape, dtype, device, "prelu", ()).requires_grad_(True)
+    w = (torch.rand(channels, dtype=dtype, device=device) - 0.3).requires_grad_(True)
+    if len(shape) == 0:
+        w = w.detach().reshape(()).requires_grad_(True)
+    y = F.prelu(x, w)
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    xr, wr = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    try:
+        yr = torch.nn.functional.prelu(xr, wr)
+        dxr, dwr = torch.autograd.grad(yr, (xr, wr), dy)
+    except RuntimeError:  # half types on CPU: torch in float32, rounded once
+        xf, wf = x.detach().float().requires_grad_(True), w.detach().float().requires_grad_(True)
+        yf = torch.nn.functional.prelu(xf, wf)
+        dxf, dwf = torch.autograd.grad(yf, (xf, wf), dy.float())
+        yr, dxr, dwr = yf.to(dtype), dxf.to(dtype), dwf.to(dtype)
+    refs = [None] * 3
+    if dtype in HALF_DTYPES:
+        x64, w64 = x.detach().double().requires_grad_(True), w.detach().double().requires_grad_(True)
+        y64 = torch.nn.functional.prelu(x64, w64)
+        refs = [y64.detach(), *torch.autograd.grad(y64, (x64, w64), dy.double())]
+    assert_matches(y.detach(), yr.detach(), refs[0])
+    assert_matches(dx, dxr, refs[1])
+    assert_matches(dw, dwr, refs[2])
+
+
+def test_prelu_gradcheck_and_opcheck(device):
+    x = away_from_kinks("prelu", ()).reshape(2, 3, 4).to(device).requires_grad_(True)
+    w = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(F.prelu, (x, w))
+    torch.library.opcheck(torch.ops.fastact.prelu.default, (x.float(), w.float()))
+    torch.library.opcheck(torch.ops.fastact.prelu_backward.default,
+                          (torch.randn(2, 3, 4, device=device), x.detach().float(), w.detach().float()))
+
+
+def test_prelu_bad_weight_raises():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="fastact.prelu.*channels"):
+        F.prelu(x, torch.ones(4))
+    with pytest.raises(ValueError, match="fastact.prelu.*1-D"):
+        F.prelu(x, torch.ones(3, 1))
+    with pytest.raises(TypeError, match="fastact.prelu"):
+        F.prelu(x, torch.ones(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("beta_shape", [(), (1,), (33,)])
+def test_swish_tensor_beta(dtype, beta_shape, device):
+    x = make_input((4, 33), dtype, device, "swish", ()).requires_grad_(True)
+    beta = (torch.rand(beta_shape, dtype=dtype, device=device) + 0.5).requires_grad_(True)
+    y = F.swish(x, beta)
+    dy = torch.randn_like(y)
+    dx, db = torch.autograd.grad(y, (x, beta), dy)
+    ref = R.ACTIVATIONS["swish"]
+    xr, br = x.detach().clone().requires_grad_(True), beta.detach().clone().requires_grad_(True)
+    yr = ref(xr, br)
+    dxr, dbr = torch.autograd.grad(yr, (xr, br), dy)
+    refs = [None] * 3
+    if dtype in HALF_DTYPES:
+        x64, b64 = x.detach().double().requires_grad_(True), beta.detach().double().requires_grad_(True)
+        y64 = ref(x64, b64)
+        refs = [y64.detach(), *torch.autograd.grad(y64, (x64, b64), dy.double())]
+    assert_matches(y.detach(), yr.detach(), refs[0])
+    assert_matches(dx, dxr, refs[1])
+    assert_matches(db, dbr, refs[2])
+
+
+def test_swish_beta_gradcheck_and_opcheck(device):
+    x = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    beta = torch.rand(5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(F.swish, (x, beta))
+    torch.library.opcheck(torch.ops.fastact.swish_beta.default, (x.detach().float(), beta.detach().float()))
+    with pytest.raises(ValueError, match="fastact.swish.*beta"):
+        F.swish(torch.randn(3, 5, device=device), torch.ones(4, device=device))
+
+
+def test_rrelu_eval_is_leaky_relu_at_midpoint(device):
+    x = torch.randn(100, device=device)
+    torch.testing.assert_close(F.rrelu(x, 0.1, 0.3, training=False),
+                               torch.nn.functional.leaky_relu(x, 0.2))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_rrelu_training(dtype, device):
+    lower, upper = 0.1, 0.4
+    x = torch.randn(20000, device=device).to(dtype).requires_grad_(True)
+    torch.manual_seed(3)
+    y = F.rrelu(x, lower, upper, training=True)
+    torch.manual_seed(3)
+    y_again = F.rrelu(x, lower, upper, training=True)
+    assert torch.equal(y, y_again)  # reproducible with torch.manual_seed
+    assert not torch.equal(y, F.rrelu(x, lower, upper, training=True))  # fresh draws
+    neg = x.detach() < 0
+    slope = (y.detach().float()[neg] / x.detach().float()[neg])
+    tol = 1e-2 if dtype in HALF_DTYPES else 1e-5
+    assert slope.min() >= lower - tol and slope.max() <= upper + tol
+    assert abs(slope.mean().item() - (lower + upper) / 2) < 0.01  # uniform draws
+    assert torch.equal(y.detach()[~neg], x.detach()[~neg])
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g.float()[neg], slope, rtol=tol, atol=tol)
+    assert torch.all(g[~neg] == 1)
+
+
+def test_rrelu_opcheck_and_bounds(device):
+    seed = torch.tensor([123, 4], dtype=torch.int64)
+    x = torch.randn(4, 5, device=device)
+    torch.library.opcheck(torch.ops.fastact.rrelu_train.default,
+                          (x.clone().requires_grad_(True), 0.1, 0.3, seed))
+    with pytest.raises(ValueError, match="fastact.rrelu"):
+        F.rrelu(x, 0.5, 0.1, training=True)
