@@ -1,0 +1,107 @@
+"""The self-check of ``python -m fastact``: every op, forward and backward, on
+every available device, against the plain-torch formulas of ``reference``.
+
+Each op family contributes cases through ``cases()``; a case returns None
+when it passes and a message when it does not.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from . import functional as F
+from . import reference as R
+from .ops import ACTIVATIONS
+
+Case = Callable[[str], Optional[str]]
+
+
+def _compare(name: str, ours: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> Optional[str]:
+    if ours.shape != ref.shape or ours.dtype != ref.dtype:
+        return f"{name}: got {ours.dtype}{tuple(ours.shape)}, want {ref.dtype}{tuple(ref.shape)}"
+    if not torch.allclose(ours, ref, rtol=rtol, atol=atol, equal_nan=True):
+        err = (ours.double() - ref.double()).abs().nan_to_num(0).max().item()
+        return f"{name}: max abs error {err:.3g} (rtol {rtol}, atol {atol})"
+    return None
+
+
+def _activation_case(name: str, params: tuple) -> Case:
+    def case(device: str) -> Optional[str]:
+        problems = []
+        for dtype, rtol, atol in ((torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2)):
+            x = (torch.randn(4097, device=device) * 4).to(dtype).requires_grad_(True)
+            y = getattr(torch.ops.fastact, name)(x, *params)
+            (g,) = torch.autograd.grad(y.sum(), x)
+            x64 = x.detach().double().requires_grad_(True)
+            y64 = R.ACTIVATIONS[name](x64, *params)
+            (g64,) = torch.autograd.grad(y64.sum(), x64)
+            for what, a, b in (("forward", y, y64), ("backward", g, g64)):
+                msg = _compare(f"{name}{list(params)} {what} {dtype}", a.detach(), b.to(dtype), rtol, atol)
+                if msg:
+                    problems.append(msg)
+        return "; ".join(problems) or None
+    return case
+
+
+def _prelu_case(device: str) -> Optional[str]:
+    x = torch.randn(8, 3, 17, device=device, requires_grad=True)
+    w = torch.tensor([0.1, -0.2, 0.3], device=device, requires_grad=True)
+    y = F.prelu(x, w)
+    gx, gw = torch.autograd.grad(y.sum(), (x, w))
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    yr = R.prelu(xr, wr)
+    gxr, gwr = torch.autograd.grad(yr.sum(), (xr, wr))
+    for what, a, b in (("forward", y, yr), ("grad input", gx, gxr), ("grad weight", gw, gwr)):
+        msg = _compare(f"prelu {what}", a.detach(), b.detach(), 1e-5, 1e-5)
+        if msg:
+            return msg
+    return None
+
+
+def _swish_beta_case(device: str) -> Optional[str]:
+    x = torch.randn(16, 9, device=device, requires_grad=True)
+    b = torch.rand(9, device=device, requires_grad=True)
+    gx, gb = torch.autograd.grad(F.swish(x, b).sum(), (x, b))
+    xr, br = x.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    gxr, gbr = torch.autograd.grad(R.ACTIVATIONS["swish"](xr, br).sum(), (xr, br))
+    return _compare("swish(beta tensor) grad input", gx, gxr, 1e-5, 1e-5) or \
+        _compare("swish(beta tensor) grad beta", gb, gbr, 1e-4, 1e-4)
+
+
+def cases() -> Iterator[tuple[str, Case]]:
+    for name in ACTIVATIONS:
+        for params in R.params(name):
+            yield f"{name}{list(params) if params else ''}", _activation_case(name, params)
+    yield "prelu", _prelu_case
+    yield "swish(beta tensor)", _swish_beta_case
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def run(verbose: bool = True) -> list[str]:
+    """Runs every case on every device; returns the failures."""
+    import fastact
+
+    failures = []
+    if torch.cuda.is_available() and not fastact.cuda_compiled():
+        failures.append("a CUDA device is present but fastact was built without CUDA kernels")
+    for device in devices():
+        start = time.perf_counter()
+        count = 0
+        for label, case in cases():
+            try:
+                msg = case(device)
+            except Exception as e:  # a crash of one op is a failure, not the end of the check
+                msg = f"{label}: {type(e).__name__}: {e}"
+            count += 1
+            if msg:
+                failures.append(f"[{device}] {msg}")
+                if verbose:
+                    print(f"  FAIL [{device}] {msg}")
+        if verbose:
+            print(f"{device}: {count} ops checked in {time.perf_counter() - start:.1f} s")
+    return failures
