@@ -22,10 +22,11 @@ $(VENV)/.deps: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" numpy pytest expecttest matplotlib tqdm
 	touch $@
 
-# The editable install maps the package to python/fastact; later builds only
-# recompile what changed (ninja, build/).
-$(VENV)/.installed: $(VENV)/.deps setup.py pyproject.toml
-	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+# A development install: the venv imports python/fastact in place (a .pth
+# file, as an editable install would), and builds recompile only what changed
+# (ninja, build/). Users install with `pip install --no-build-isolation .`.
+$(VENV)/.installed: $(VENV)/.deps
+	$(BIN)/python -c "import site, sys; open(site.getsitepackages()[0] + '/fastact-dev.pth', 'w').write(sys.argv[1] + '\\n')" "$(CURDIR)/python"
 	touch $@
 
 build: $(VENV)/.installed

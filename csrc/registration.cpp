@@ -24,6 +24,14 @@ std::vector<std::string> activation_ops() {
   return ops;
 }
 
+std::vector<std::string> glu_ops() {
+  std::vector<std::string> ops;
+#define FA_LIST_OP(name, F, ARGS, SCHEMA) ops.push_back(std::string(#name "|") + SCHEMA);
+  FASTACT_GLUS(FA_LIST_OP)
+#undef FA_LIST_OP
+  return ops;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fastact, m) {
@@ -34,6 +42,20 @@ TORCH_LIBRARY(fastact, m) {
             .c_str());
   FASTACT_ACTIVATIONS(FA_DEF_ACTIVATION)
 #undef FA_DEF_ACTIVATION
+
+#define FA_DEF_GLU(name, F, ARGS, SCHEMA)                                                     \
+  m.def((with_args(#name "(Tensor gate, Tensor up", SCHEMA) + ") -> Tensor").c_str());       \
+  m.def((with_args(#name "_backward(Tensor grad_output, Tensor gate, Tensor up", SCHEMA) +   \
+         ") -> (Tensor, Tensor)")                                                             \
+            .c_str());                                                                        \
+  m.def((with_args(#name "_packed(Tensor input, int dim=-1", SCHEMA) + ") -> Tensor").c_str()); \
+  m.def((with_args(#name "_packed_backward(Tensor grad_output, Tensor input, int dim=-1", SCHEMA) + \
+         ") -> Tensor")                                                                       \
+            .c_str());
+  FASTACT_GLUS(FA_DEF_GLU)
+#undef FA_DEF_GLU
+  m.def("glu(Tensor self, int dim=-1) -> Tensor");
+  m.def("glu_backward(Tensor grad_output, Tensor self, int dim=-1) -> Tensor");
 
   // Activations whose parameter varies per element (indexed_ops.h).
   m.def("prelu(Tensor self, Tensor weight) -> Tensor");
@@ -47,6 +69,7 @@ TORCH_LIBRARY(fastact, m) {
 
   // Introspection for the Python layer, the tests and the benchmarks.
   m.def("_activation_ops() -> str[]", &activation_ops);
+  m.def("_glu_ops() -> str[]", &glu_ops);
   m.def("_build_info() -> str", &fastact::build_info_string);
 }
 

@@ -15,6 +15,7 @@ __all__ = [
     "mish", "sigmoid", "tanh", "logsigmoid", "hardswish", "hardsigmoid", "hardtanh",
     "softplus", "softshrink", "hardshrink", "tanhshrink", "softsign", "threshold",
     "swish", "quick_gelu", "squared_relu",
+    "glu", "swiglu", "geglu", "reglu",
 ]
 
 _ops = torch.ops.fastact
@@ -153,3 +154,34 @@ def quick_gelu(input: Tensor) -> Tensor:
 def squared_relu(input: Tensor) -> Tensor:
     """``relu(input) ** 2``."""
     return _ops.squared_relu(input)
+
+
+# --- gated linear units -------------------------------------------------------------
+
+
+def glu(input: Tensor, dim: int = -1) -> Tensor:
+    """Exactly ``torch.nn.functional.glu``: first half times sigmoid of the second."""
+    return _ops.glu(input, dim)
+
+
+def _gated(name: str, gate: Tensor, up: Optional[Tensor], dim: int, *params) -> Tensor:
+    if up is None:
+        return getattr(_ops, name + "_packed")(gate, dim, *params)
+    return getattr(_ops, name)(gate, up, *params)
+
+
+def swiglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1) -> Tensor:
+    """``silu(gate) * up``; with ``up=None``, ``gate`` holds both halves along
+    ``dim`` (first half gate, second half up), as with LLaMA's stacked w1/w3."""
+    return _gated("swiglu", gate, up, dim)
+
+
+def geglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1,
+          approximate: str = "none") -> Tensor:
+    """``gelu(gate, approximate) * up``; ``up=None`` as in :func:`swiglu`."""
+    return _gated("geglu", gate, up, dim, approximate)
+
+
+def reglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1) -> Tensor:
+    """``relu(gate) * up``; ``up=None`` as in :func:`swiglu`."""
+    return _gated("reglu", gate, up, dim)

@@ -17,7 +17,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
     "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
     "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold",
-    "Swish", "QuickGELU", "SquaredReLU", "patch",
+    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "patch",
 ]
 
 
@@ -166,6 +166,26 @@ class SquaredReLU(torch.nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         return F.squared_relu(input)
+
+
+class GLU(torch.nn.GLU):
+    def forward(self, input: Tensor) -> Tensor:
+        return F.glu(input, self.dim)
+
+
+class SwiGLU(torch.nn.Module):
+    """The LLaMA feed-forward block: ``w2(silu(w1 x) * w3 x)``, with the
+    activation and product fused (one kernel forward, one backward)."""
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = dict(bias=bias, device=device, dtype=dtype)
+        self.w1 = torch.nn.Linear(dim, hidden_dim, **kw)
+        self.w2 = torch.nn.Linear(hidden_dim, dim, **kw)
+        self.w3 = torch.nn.Linear(dim, hidden_dim, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.swiglu(self.w1(x), self.w3(x)))
 
 
 def _twins() -> dict:

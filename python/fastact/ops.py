@@ -128,3 +128,90 @@ def _rrelu_backward(ctx, grad):
 
 
 register_autograd("fastact::rrelu_train", _rrelu_backward, setup_context=_rrelu_setup)
+
+
+# The GLU family (glu_ops.h): two-tensor and packed forms, generated from the list.
+def _glu_table() -> dict[str, list[str]]:
+    table = {}
+    for line in torch.ops.fastact._glu_ops():
+        name, args = line.split("|", 1)
+        table[name] = [a.strip().split(" ")[1].split("=")[0] for a in args.split(",") if a.strip()]
+    return table
+
+
+#: Every gated op of the list: name -> its scalar argument names.
+GLUS: dict[str, list[str]] = _glu_table()
+
+
+def _packed_shape(x, dim):
+    shape = list(x.shape)
+    shape[dim] = shape[dim] // 2
+    return shape
+
+
+def _register_glu(name: str) -> None:
+    backward_op = getattr(torch.ops.fastact, name + "_backward").default
+    packed_backward_op = getattr(torch.ops.fastact, name + "_packed_backward").default
+
+    def fake(gate, up, *args):
+        return torch.empty_like(gate)
+
+    def fake_backward(grad_output, gate, up, *args):
+        return torch.empty_like(gate), torch.empty_like(gate)
+
+    def fake_packed(input, dim=-1, *args):
+        return input.new_empty(_packed_shape(input, dim))
+
+    def fake_packed_backward(grad_output, input, dim=-1, *args):
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.params = tuple(inputs[2:])
+
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        d_gate, d_up = backward_op(grad, gate, up, *ctx.params)
+        return (d_gate, d_up) + (None,) * len(ctx.params)
+
+    def setup_packed(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.params = tuple(inputs[1:])
+
+    def backward_packed(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (packed_backward_op(grad, x, *ctx.params),) + (None,) * len(ctx.params)
+
+    register_fake(f"fastact::{name}")(fake)
+    register_fake(f"fastact::{name}_backward")(fake_backward)
+    register_fake(f"fastact::{name}_packed")(fake_packed)
+    register_fake(f"fastact::{name}_packed_backward")(fake_packed_backward)
+    register_autograd(f"fastact::{name}", backward, setup_context=setup)
+    register_autograd(f"fastact::{name}_packed", backward_packed, setup_context=setup_packed)
+
+
+for _name in GLUS:
+    _register_glu(_name)
+
+
+@register_fake("fastact::glu")
+def _glu_fake(self, dim=-1):
+    return self.new_empty(_packed_shape(self, dim))
+
+
+@register_fake("fastact::glu_backward")
+def _glu_backward_fake(grad_output, self, dim=-1):
+    return torch.empty_like(self, memory_format=torch.contiguous_format)
+
+
+def _glu_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.dim = inputs[1]
+
+
+def _glu_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.fastact.glu_backward(grad, x, ctx.dim), None
+
+
+register_autograd("fastact::glu", _glu_backward, setup_context=_glu_setup)

@@ -54,3 +54,23 @@ def params(name: str) -> list:
 
 def prelu(x, weight):
     return TF.prelu(x, weight)
+
+
+#: Gated op name -> the activation applied to the gate, taking (gate, *params).
+GLU_ACTIVATIONS = {
+    "swiglu": TF.silu,
+    "geglu": lambda g, approximate="none": TF.gelu(g, approximate=approximate),
+    "reglu": TF.relu,
+}
+GLU_PARAMS = {"geglu": [("none",), ("tanh",)]}
+
+
+def glu_params(name: str) -> list:
+    return GLU_PARAMS.get(name, [()])
+
+
+def gated(name: str, gate, up=None, dim: int = -1, *params):
+    """``act(gate) * up``, or of the two halves of ``gate`` along ``dim``."""
+    if up is None:
+        gate, up = gate.chunk(2, dim=dim)
+    return GLU_ACTIVATIONS[name](gate, *params) * up

@@ -39,3 +39,16 @@
   X(squared_relu, SquaredRelu, (), "")
 
 #define FASTACT_ACTIVATIONS(X) FASTACT_ACTIVATIONS_A(X) FASTACT_ACTIVATIONS_B(X)
+
+// The gated linear units: out = f(gate) * up, with the functor of the
+// activation of the same name. X(name, Functor, (C++ argument types), "schema
+// arguments"). Each comes as `name(gate, up, ...)` with
+// `name_backward(grad_output, gate, up, ...) -> (grad_gate, grad_up)` and as
+// `name_packed(input, dim, ...)` (gate and up are the two halves of `input`
+// along `dim`) with `name_packed_backward(grad_output, input, dim, ...)`, which
+// writes one packed gradient. torch's glu is the packed form with the halves
+// swapped (first half times sigmoid of the second).
+#define FASTACT_GLUS(X)                                           \
+  X(swiglu, Silu, (), "")                                         \
+  X(geglu, Gelu, (c10::string_view), "str approximate='none'")    \
+  X(reglu, Relu, (), "")

@@ -1,0 +1,204 @@
+"""Benchmark harness: timing, bandwidth, context and result files.
+
+Timing: on CUDA, events around each call with warm-up and an L2 flush
+before every repeat, median of the repeats; on CPU, median wall time.
+Bandwidth: effective GB/s from each case's bytes model, and the same as a
+percentage of a copy measured in the same run on the same device (the
+practical limit of a memory-bound kernel).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def context(device: str) -> dict:
+    import fastact
+
+    info = {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "fastact": fastact.__version__,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+    }
+    if device == "cuda":
+        info["driver"] = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
+    return info
+
+
+class Timer:
+    def __init__(self, device: str, warmup: int = 3, repeats: int = 15):
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+        self._flush = torch.empty(64 * 2**20, dtype=torch.int8, device="cuda") if device == "cuda" else None
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        """Median time of fn() in milliseconds."""
+        for _ in range(self.warmup):
+            fn()
+        times = []
+        if self.device == "cuda":
+            for _ in range(self.repeats):
+                self._flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(self.repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+def copy_bandwidth(device: str, timer: Timer, nbytes: int = 256 * 2**20) -> float:
+    """GB/s of a same-device copy (bytes read + written), measured now."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * nbytes / ms / 1e6
+
+
+@dataclass
+class Row:
+    op: str
+    case: str          # "fwd", "bwd" or "fwd+bwd"
+    impl: str          # "fastact", "eager", "compile", "liger", ...
+    dtype: str
+    shape: str
+    ms: float
+    gbps: float
+    pct_copy: float
+    peak_mb: Optional[float] = None
+    speedup_vs_eager: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+
+def peak_memory_mb(device: str, fn: Callable[[], object]) -> Optional[float]:
+    """Peak device memory of one call beyond what was allocated before (CUDA)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def write_results(rows: list[Row], ctx: dict, out_dir: Optional[str] = None) -> str:
+    """JSON, CSV and a markdown table under benchmarks/results/<device>/<date>-<commit>/."""
+    slug = "".join(c if c.isalnum() else "-" for c in ctx["device_name"]).strip("-").lower()
+    slug = "-".join(p for p in slug.split("-") if p)[:60]
+    stamp = f"{ctx['date'][:10]}-{ctx['commit']}"
+    out_dir = out_dir or os.path.join(ROOT, "benchmarks", "results", slug, stamp)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({"context": ctx, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["op", "case", "impl", "dtype", "shape", "ms", "GB/s", "% copy", "peak MB", "speedup vs eager"])
+        for r in rows:
+            w.writerow([r.op, r.case, r.impl, r.dtype, r.shape, f"{r.ms:.4f}", f"{r.gbps:.1f}",
+                        f"{r.pct_copy:.1f}", "" if r.peak_mb is None else f"{r.peak_mb:.1f}",
+                        "" if r.speedup_vs_eager is None else f"{r.speedup_vs_eager:.2f}"])
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown_table(rows, ctx))
+    return out_dir
+
+
+def markdown_table(rows: list[Row], ctx: dict) -> str:
+    lines = [
+        f"Device: {ctx['device_name']} · torch {ctx['torch']} (CUDA {ctx['cuda']}) · "
+        f"fastact {ctx['fastact']} @ {ctx['commit']} · {ctx['date']}",
+        f"Copy bandwidth measured in this run: {ctx.get('copy_gbps', 0):.1f} GB/s",
+        "",
+        "| op | case | dtype | shape | impl | ms | GB/s | % copy | vs eager |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        sp = "" if r.speedup_vs_eager is None else f"{r.speedup_vs_eager:.2f}×"
+        lines.append(f"| {r.op} | {r.case} | {r.dtype} | {r.shape} | {r.impl} | {r.ms:.3f} | "
+                     f"{r.gbps:.1f} | {r.pct_copy:.1f} | {sp} |")
+    return "\n".join(lines) + "\n"
+
+
+def time_cases(op: str, x: torch.Tensor, impls: dict, timer: Timer, copy_gbps: float,
+               bytes_of: dict, progress=None) -> list[Row]:
+    """Times forward, backward and forward+backward of each implementation
+    (a function of x) on the same input and gradient; the first one named
+    "eager" is the speedup baseline."""
+    rows = []
+    y0 = impls["eager"](x)
+    dy = torch.randn_like(y0)
+    del y0
+    eager_ms = {}
+    for impl, f in impls.items():
+        y_keep = f(x)
+
+        def fwd():
+            with torch.no_grad():
+                return f(x)
+
+        def bwd():
+            return torch.autograd.grad(y_keep, x, dy, retain_graph=True)
+
+        def fwd_bwd():
+            return torch.autograd.grad(f(x), x, dy)
+
+        for case, fn in (("fwd", fwd), ("bwd", bwd), ("fwd+bwd", fwd_bwd)):
+            ms = timer(fn)
+            peak = peak_memory_mb(x.device.type, fn)
+            gbps = bytes_of[case] / ms / 1e6
+            if impl == "eager":
+                eager_ms[case] = ms
+            rows.append(Row(op=op, case=case, impl=impl, dtype=str(x.dtype).replace("torch.", ""),
+                            shape=str(tuple(x.shape)), ms=ms, gbps=gbps, pct_copy=100 * gbps / copy_gbps,
+                            peak_mb=peak))
+        del y_keep
+        if progress:
+            progress()
+    for r in rows:
+        r.speedup_vs_eager = eager_ms[r.case] / r.ms
+    return rows

@@ -1,0 +1,55 @@
+"""`make bench`: benchmark every op family on the device present (CUDA if
+available, else CPU), print a table and write results under
+benchmarks/results/<device>/<date>-<commit>/. `--full` runs every op."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import bench_activations  # noqa: E402
+import bench_glu  # noqa: E402
+from harness import Timer, context, copy_bandwidth, markdown_table, write_results  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true", help="every op and dtype (slow on CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results/...)")
+    args = ap.parse_args()
+
+    device = args.device
+    timer = Timer(device, warmup=3, repeats=15 if device == "cuda" else 7)
+    ctx = context(device)
+    ctx["copy_gbps"] = copy_bandwidth(device, timer)
+    print(f"{ctx['device_name']}: copy bandwidth {ctx['copy_gbps']:.1f} GB/s")
+    dtypes = (torch.float32, torch.bfloat16) if (args.full or device == "cuda") else (torch.float32,)
+
+    families = [("activations", bench_activations), ("glu", bench_glu)]
+    rows = []
+    for label, module in families:
+        progress, bar = None, None
+        try:
+            from tqdm import tqdm
+            bar = tqdm(desc=label, unit="impl")
+            progress = bar.update
+        except ImportError:
+            print(f"benchmarking {label} ...")
+        rows += module.run(device, timer, ctx["copy_gbps"], full=args.full,
+                           with_compile=not args.no_compile, dtypes=dtypes, progress=progress)
+        if bar:
+            bar.close()
+    out = write_results(rows, ctx, args.out)
+    print(markdown_table(rows, ctx))
+    print(f"results written to {os.path.relpath(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The GLU family against torch formulas: both forms, any dim, every dtype and
+device, gradients, gradcheck, opcheck, torch.compile, errors, and the LLaMA
+SwiGLU block."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastact.functional as F
+import fastact.nn as fnn
+from fastact import reference as R
+from fastact.ops import GLUS
+from conftest import FLOAT_DTYPES, HALF_DTYPES, assert_matches
+
+CASES = [(n, p) for n in GLUS for p in R.glu_params(n)]
+IDS = [f"{n}{list(p) if p else ''}" for n, p in CASES]
+SHAPES_DIMS = [((6,), -1), ((4, 2 * 33), -1), ((3, 8, 5), 1), ((8, 3, 5), 0), ((2, 0, 10), -1),
+               ((5, 2 * 1024 + 2), -1), ((2, 3, 4, 6), 2)]
+
+
+def call(name, gate, up, dim, params):
+    return getattr(F, name)(gate, up, dim, *params) if name != "geglu" else \
+        F.geglu(gate, up, dim, *params)
+
+
+def torch_value_and_grads(name, params, inputs, dy, dim, packed):
+    """torch's output and input gradients in the inputs' dtype (in float32,
+    rounded once, where torch's CPU kernels lack the half type)."""
+    def run(ts, g):
+        ts = [t.detach().clone().requires_grad_(True) for t in ts]
+        y = R.gated(name, ts[0], None if packed else ts[1], dim, *params)
+        return (y.detach(), *torch.autograd.grad(y, ts, g))
+    try:
+        return run(inputs, dy)
+    except RuntimeError:
+        out = run([t.float() for t in inputs], dy.float())
+        return tuple(o.to(inputs[0].dtype) for o in out)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", SHAPES_DIMS, ids=str)
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-tensor"])
+def test_matches_torch(name, params, dtype, shape, dim, packed, device):
+    x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype).to(device)
+    inputs = [x] if packed else list(x.chunk(2, dim=dim))
+    inputs = [t.requires_grad_(True) for t in inputs]
+    y = call(name, inputs[0], None if packed else inputs[1], dim, params)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, dy)
+    theirs = torch_value_and_grads(name, params, inputs, dy, dim, packed)
+    ref64 = torch_value_and_grads(name, params, [t.double() for t in inputs], dy.double(), dim, packed)
+    for ours, t, r in zip((y.detach(), *grads), theirs, ref64):
+        assert_matches(ours, t, r if dtype in HALF_DTYPES or dtype == torch.float32 else None)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", SHAPES_DIMS, ids=str)
+def test_glu_matches_torch(dtype, shape, dim, device):
+    x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype).to(device).requires_grad_(True)
+    y = F.glu(x, dim)
+    dy = torch.randn_like(y)
+    (g,) = torch.autograd.grad(y, x, dy)
+
+    def torch_glu(t, d):
+        t = t.detach().clone().requires_grad_(True)
+        out = torch.nn.functional.glu(t, dim)
+        return out.detach(), torch.autograd.grad(out, t, d)[0]
+    try:
+        yt, gt = torch_glu(x, dy)
+    except RuntimeError:
+        yt, gt = (o.to(dtype) for o in torch_glu(x.float(), dy.float()))
+    y64, g64 = torch_glu(x.double(), dy.double())
+    assert_matches(y.detach(), yt, y64 if dtype != torch.float64 else None)
+    assert_matches(g, gt, g64 if dtype != torch.float64 else None)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_non_contiguous(name, params, device):
+    base = torch.randn(10, 2 * 24, device=device)
+    gate, up = base.t()[:24], base.t()[24:]  # transposed halves
+    torch.testing.assert_close(call(name, gate, up, -1, params),
+                               call(name, gate.contiguous(), up.contiguous(), -1, params))
+    sliced = torch.randn(6, 40, device=device)[:, ::2]  # packed input with gaps
+    torch.testing.assert_close(call(name, sliced, None, -1, params),
+                               call(name, sliced.contiguous(), None, -1, params))
+    offset = torch.randn(1 + 4 * 34, device=device)[1:].view(4, 34)  # misaligned for vector loads
+    torch.testing.assert_close(call(name, offset, None, -1, params),
+                               call(name, offset.clone(), None, -1, params))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_packed_backward_writes_one_gradient(name, params, device):
+    x = torch.randn(3, 16, device=device, requires_grad=True)
+    y = call(name, x, None, -1, params)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g.shape == x.shape and g.is_contiguous()
+    gate, up = x.detach().chunk(2, -1)
+    gate_r, up_r = gate.clone().requires_grad_(True), up.clone().requires_grad_(True)
+    yr = call(name, gate_r, up_r, -1, params)
+    g_gate, g_up = torch.autograd.grad(yr.sum(), (gate_r, up_r))
+    torch.testing.assert_close(g, torch.cat([g_gate, g_up], -1))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_gradcheck(name, params, device):
+    x = torch.randn(3, 10, dtype=torch.float64, device=device)
+    x[x.abs() < 1e-2] += 0.05  # away from relu's kink
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: call(name, t, None, -1, params), (x,))
+    g, u = (t.detach().clone().requires_grad_(True) for t in x.chunk(2, -1))
+    assert torch.autograd.gradcheck(lambda a, b: call(name, a, b, -1, params), (g, u))
+
+
+def test_glu_gradcheck(device):
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: F.glu(t, 0), (x,))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_opcheck(name, params, device):
+    x = torch.randn(3, 2, 10, device=device)
+    g, u = torch.randn(3, 10, device=device), torch.randn(3, 10, device=device)
+    ops = torch.ops.fastact
+    torch.library.opcheck(getattr(ops, name).default, (g.requires_grad_(True), u.requires_grad_(True), *params))
+    torch.library.opcheck(getattr(ops, name + "_backward").default, (torch.randn(3, 10, device=device), g.detach(), u.detach(), *params))
+    torch.library.opcheck(getattr(ops, name + "_packed").default, (x.clone().requires_grad_(True), 1, *params))
+    torch.library.opcheck(getattr(ops, name + "_packed_backward").default, (torch.randn(3, 1, 10, device=device), x, 1, *params))
+
+
+def test_glu_opcheck(device):
+    x = torch.randn(4, 6, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastact.glu.default, (x, 0))
+    torch.library.opcheck(torch.ops.fastact.glu_backward.default, (torch.randn(2, 6, device=device), x.detach(), 0))
+
+
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+
+    def block(x, w):
+        h = F.swiglu(x @ w)
+        return F.geglu(h, approximate="tanh") + F.reglu(h[:, :8], h[:, 8:]) + F.glu(h)
+
+    x = torch.randn(8, 16, device=device, requires_grad=True)
+    w = torch.randn(16, 32, device=device, requires_grad=True)
+    y = torch.compile(block, fullgraph=True)(x, w)
+    y.sum().backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    y_ref = block(x, w)
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw, w.grad)
+
+
+@pytest.mark.parametrize("name", list(GLUS))
+def test_bad_input_raises(name, device):
+    fn = getattr(F, name)
+    with pytest.raises(ValueError, match=f"fastact.{name}.*even"):
+        fn(torch.randn(3, 7, device=device))
+    with pytest.raises(ValueError, match=f"fastact.{name}.*shape"):
+        fn(torch.randn(3, 4, device=device), torch.randn(3, 5, device=device))
+    with pytest.raises(TypeError, match=f"fastact.{name}.*dtype"):
+        fn(torch.randn(3, 4, device=device), torch.randn(3, 4, device=device, dtype=torch.float64))
+    with pytest.raises(TypeError, match=f"fastact.{name}"):
+        fn(torch.ones(3, 4, device=device, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"fastact.{name}.*dim"):
+        fn(torch.randn(3, 4, device=device), None, 2)
+    with pytest.raises(ValueError, match=f"fastact.{name}.*at least one"):
+        fn(torch.tensor(1.0, device=device))
+
+
+def test_glu_bad_input_raises():
+    with pytest.raises(ValueError, match="fastact.glu.*even"):
+        F.glu(torch.randn(3, 5))
+
+
+def llama_ffn(x, w1, w2, w3):
+    return torch.nn.functional.linear(
+        torch.nn.functional.silu(torch.nn.functional.linear(x, w1)) * torch.nn.functional.linear(x, w3), w2)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_module_is_llama_ffn(bias, device):
+    m = fnn.SwiGLU(16, 40, bias=bias).to(device)
+    assert [n for n, _ in m.named_parameters()] == (
+        ["w1.weight", "w1.bias", "w2.weight", "w2.bias", "w3.weight", "w3.bias"] if bias else
+        ["w1.weight", "w2.weight", "w3.weight"])
+    x = torch.randn(2, 5, 16, device=device, requires_grad=True)
+    y = m(x)
+    y.sum().backward()
+    xr = x.detach().clone().requires_grad_(True)
+    w = [p.detach().clone().requires_grad_(True) for p in (m.w1.weight, m.w2.weight, m.w3.weight)]
+    if bias:
+        yr = torch.nn.functional.linear(
+            torch.nn.functional.silu(torch.nn.functional.linear(xr, w[0], m.w1.bias)) *
+            torch.nn.functional.linear(xr, w[2], m.w3.bias), w[1], m.w2.bias)
+    else:
+        yr = llama_ffn(xr, *w)
+    yr.sum().backward()
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(m.w1.weight.grad, w[0].grad)
+    torch.testing.assert_close(m.w3.weight.grad, w[2].grad)
+    # state dict round trip with a plain module of the same structure
+    twin = fnn.SwiGLU(16, 40, bias=bias).to(device)
+    twin.load_state_dict(m.state_dict())
+    torch.testing.assert_close(twin(x), y)
+
+
+def test_glu_module_and_patch():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    before = model(x)
+    fnn.patch(model)
+    assert isinstance(model[1], fnn.GLU)
+    assert isinstance(model[0], torch.nn.Linear) and type(model[0]) is torch.nn.Linear
+    assert model.fastact_patched == {"GLU": 1}
+    torch.testing.assert_close(model(x), before)
