@@ -1,7 +1,9 @@
 #pragma once
 // The CPU elementwise launcher: at::parallel_for over elements, and inside
-// each chunk one `omp simd` loop that loads scalar_t, calls the op adapter in
-// opmath, and stores. With libmvec the transcendental calls in the functors
+// each chunk one vectorizable loop that loads scalar_t, calls the op adapter
+// in opmath, and stores. (`ivdep`, not `omp simd`: under `omp simd` GCC keeps
+// the per-element operand arrays in memory as per-lane arrays and gives up on
+// two or more inputs; plain auto-vectorization scalarizes them.) With libmvec the transcendental calls in the functors
 // vectorize (see math.h); target_clones builds an AVX2 copy of the loop that
 // the loader picks on CPUs that have it, and a baseline copy for the rest.
 #include <ATen/OpMathType.h>
@@ -22,14 +24,30 @@ namespace fastact {
 template <class Op, class S, int NIN, int NOUT>
 FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* const* out,
                                            int64_t index, int64_t count) {
+  static_assert(NIN >= 1 && NIN <= 4 && NOUT >= 1 && NOUT <= 2, "operand count");
   using T = at::opmath_type<S>;
-#pragma omp simd
+  // The vectorizer wants straight-line code over scalars: a local copy of the
+  // op (its parameters become loop invariants, and a branch on one, like
+  // gelu's form, is hoisted out of the loop) and one local per pointer (an
+  // array of pointers would be reloaded from memory on every element).
+  const Op local_op = op;
+  const S* const i0 = in[0];
+  const S* const i1 = NIN > 1 ? in[1] : nullptr;
+  const S* const i2 = NIN > 2 ? in[2] : nullptr;
+  const S* const i3 = NIN > 3 ? in[3] : nullptr;
+  S* const o0 = out[0];
+  S* const o1 = NOUT > 1 ? out[1] : nullptr;
+#pragma GCC ivdep
   for (int64_t j = 0; j < count; ++j) {
     T x[NIN];
     T y[NOUT];
-    for (int k = 0; k < NIN; ++k) x[k] = static_cast<T>(in[k][j]);
-    op(index + j, x, y);
-    for (int k = 0; k < NOUT; ++k) out[k][j] = static_cast<S>(y[k]);
+    x[0] = static_cast<T>(i0[j]);
+    if constexpr (NIN > 1) x[1] = static_cast<T>(i1[j]);
+    if constexpr (NIN > 2) x[2] = static_cast<T>(i2[j]);
+    if constexpr (NIN > 3) x[3] = static_cast<T>(i3[j]);
+    local_op(index + j, x, y);
+    o0[j] = static_cast<S>(y[0]);
+    if constexpr (NOUT > 1) o1[j] = static_cast<S>(y[1]);
   }
 }
 

@@ -4,6 +4,9 @@
 // and CUDA kernels, the GLU family and the fused dropout variants all call
 // these; no formula is written twice.
 //
+// Transcendental calls are made before any select, never inside one arm of
+// a ?: (the CPU loops vectorize a call only when it is unconditional).
+//
 // The formulas follow ATen's kernels operation for operation (comparison
 // direction included), so that special values behave as in torch: NaN
 // propagates where torch propagates it, and the gradient at a kink (relu at 0,
@@ -40,12 +43,13 @@ struct Elu {
   explicit Elu(double alpha_ = 1.0, double scale_ = 1.0, double input_scale_ = 1.0)
       : alpha(alpha_), scale(scale_), input_scale(input_scale_) {}
   template <class T> FA_HD T fwd(T x) const {
-    return x <= T(0) ? T(alpha * scale) * m::expm1(x * T(input_scale)) : x * T(scale);
+    const T neg = T(alpha * scale) * m::expm1(x * T(input_scale));
+    return x <= T(0) ? neg : x * T(scale);
   }
   // x > 0 tested first: a NaN input takes the exp branch and gives NaN, as in ATen.
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return x > T(0) ? dy * T(scale)
-                    : dy * T(input_scale * alpha * scale) * m::exp(x * T(input_scale));
+    const T neg = dy * T(input_scale * alpha * scale) * m::exp(x * T(input_scale));
+    return x > T(0) ? dy * T(scale) : neg;
   }
 };
 
@@ -188,8 +192,9 @@ struct Softplus {
   double beta, threshold;
   Softplus(double beta_, double threshold_) : beta(beta_), threshold(threshold_) {}
   template <class T> FA_HD T fwd(T x) const {
-    T bx = x * T(beta);
-    return bx > T(threshold) ? x : m::log1p(m::exp(bx)) / T(beta);
+    const T bx = x * T(beta);
+    const T soft = m::log1p(m::exp(bx)) / T(beta);
+    return bx > T(threshold) ? x : soft;
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
     T bx = x * T(beta);
