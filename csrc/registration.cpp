@@ -67,6 +67,18 @@ TORCH_LIBRARY(fastact, m) {
   m.def("rrelu_train_backward(Tensor grad_output, Tensor self, float lower, float upper, "
         "Tensor seed) -> Tensor");
 
+  // Fused dropout (dropout_ops.h). `seed` is the [seed, offset] int64 tensor
+  // of the Philox stream, drawn by _philox_seed on the input's device.
+  m.def("_philox_seed(Tensor like, Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  m.def("dropout(Tensor input, float p, Tensor seed) -> Tensor");
+  m.def("dropout_(Tensor(a!) self, float p, Tensor seed) -> ()");
+  m.def("dropout_add(Tensor input, Tensor residual, float p, Tensor seed) -> Tensor");
+  m.def("bias_dropout_add(Tensor input, Tensor? bias, Tensor residual, float p, Tensor seed) -> Tensor");
+  m.def("bias_act_dropout(Tensor input, Tensor? bias, str activation, float p, Tensor seed) -> Tensor");
+  m.def("bias_act_dropout_backward(Tensor grad_output, Tensor input, Tensor? bias, str activation, "
+        "float p, Tensor seed) -> Tensor");
+
   // Introspection for the Python layer, the tests and the benchmarks.
   m.def("_activation_ops() -> str[]", &activation_ops);
   m.def("_glu_ops() -> str[]", &glu_ops);

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include "fastact/elementwise.h"
+#include "fastact/philox.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
 #define FA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
@@ -51,6 +52,47 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
   }
 }
 
+// The same for ops that draw a uniform per element (kRandom): one Philox
+// call per group of four elements, all four draws used. The group loop is
+// vectorized across groups.
+template <class Op, class S, int NIN, int NOUT>
+FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const* out,
+                                      int64_t index, int64_t count) {
+  static_assert(NIN >= 1 && NIN <= 3 && NOUT == 1, "operand count");
+  using T = at::opmath_type<S>;
+  const Op local_op = op;
+  const uint64_t seed = local_op.rng_seed(), offset = local_op.rng_offset();
+  const S* const i0 = in[0];
+  const S* const i1 = NIN > 1 ? in[1] : nullptr;
+  const S* const i2 = NIN > 2 ? in[2] : nullptr;
+  S* const o0 = out[0];
+  auto one = [&](int64_t j, float u) {
+    T x[NIN];
+    T y[1];
+    x[0] = static_cast<T>(i0[j]);
+    if constexpr (NIN > 1) x[1] = static_cast<T>(i1[j]);
+    if constexpr (NIN > 2) x[2] = static_cast<T>(i2[j]);
+    local_op(index + j, u, x, y);
+    o0[j] = static_cast<S>(y[0]);
+  };
+  int64_t j = 0;
+  for (; j < count && ((index + j) & 3) != 0; ++j)
+    one(j, philox_uniform(seed, offset, static_cast<uint64_t>(index + j)));
+  const int64_t groups = (count - j) / 4;
+  const int64_t first = j;
+#pragma GCC ivdep
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t jj = first + 4 * g;
+    const Philox4x32 r = philox4x32_10(seed, offset, static_cast<uint64_t>(index + jj) >> 2);
+    one(jj, uint_to_uniform(r.v[0]));
+    one(jj + 1, uint_to_uniform(r.v[1]));
+    one(jj + 2, uint_to_uniform(r.v[2]));
+    one(jj + 3, uint_to_uniform(r.v[3]));
+  }
+  for (j = first + 4 * groups; j < count; ++j)
+    one(j, philox_uniform(seed, offset, static_cast<uint64_t>(index + j)));
+}
+
 struct CpuLauncher {
   // Below this many elements a chunk is not worth a thread.
   static constexpr int64_t kGrain = 32768;
@@ -70,7 +112,11 @@ struct CpuLauncher {
         S* out[NOUT];
         for (int k = 0; k < NIN; ++k) in[k] = a.in[k] + row * a.in_stride[k] + col;
         for (int k = 0; k < NOUT; ++k) out[k] = a.out[k] + row * a.out_stride[k] + col;
-        cpu_elementwise_segment<Op, S, NIN, NOUT>(op, in, out, e, count);
+        if constexpr (IsRandomOp<Op>::value) {
+          cpu_random_segment<Op, S, NIN, NOUT>(op, in, out, e, count);
+        } else {
+          cpu_elementwise_segment<Op, S, NIN, NOUT>(op, in, out, e, count);
+        }
         e += count;
         ++row;
         col = 0;

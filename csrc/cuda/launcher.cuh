@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "fastact/elementwise.h"
+#include "fastact/philox.h"
 
 namespace fastact {
 
@@ -44,13 +45,24 @@ __global__ void __launch_bounds__(256)
     for (int k = 0; k < NIN; ++k)
       vin[k] = *reinterpret_cast<const V*>(a.in[k] + row * a.in_stride[k] + col);
     V vout[NOUT];
+    Philox4x32 draws{};
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       T x[NIN];
       T y[NOUT];
 #pragma unroll
       for (int k = 0; k < NIN; ++k) x[k] = static_cast<T>(vin[k].v[j]);
-      op(e + j, x, y);
+      if constexpr (IsRandomOp<Op>::value) {
+        // One Philox call per group of four elements (a vector of 2, 4 or 8
+        // elements starts on an even index, so it spans whole groups or lies
+        // inside one).
+        const int64_t i = e + j;
+        if (j == 0 || (i & 3) == 0)
+          draws = philox4x32_10(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(i) >> 2);
+        op(i, uint_to_uniform(draws.v[i & 3]), x, y);
+      } else {
+        op(e + j, x, y);
+      }
 #pragma unroll
       for (int k = 0; k < NOUT; ++k) vout[k].v[j] = static_cast<S>(y[k]);
     }
@@ -69,7 +81,11 @@ __global__ void __launch_bounds__(256)
       T y[NOUT];
 #pragma unroll
       for (int k = 0; k < NIN; ++k) x[k] = static_cast<T>(a.in[k][row * a.in_stride[k] + col]);
-      op(e, x, y);
+      if constexpr (IsRandomOp<Op>::value) {
+        op(e, philox_uniform(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(e)), x, y);
+      } else {
+        op(e, x, y);
+      }
 #pragma unroll
       for (int k = 0; k < NOUT; ++k) a.out[k][row * a.out_stride[k] + col] = static_cast<S>(y[k]);
     }

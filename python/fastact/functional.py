@@ -185,3 +185,9 @@ def geglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1,
 def reglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1) -> Tensor:
     """``relu(gate) * up``; ``up=None`` as in :func:`swiglu`."""
     return _gated("reglu", gate, up, dim)
+
+
+# --- fused dropout (dropout.py) -----------------------------------------------------------
+from .dropout import bias_act_dropout, bias_dropout_add, dropout, dropout_add, dropout_mask  # noqa: E402
+
+__all__ += ["dropout", "dropout_add", "bias_dropout_add", "bias_act_dropout", "dropout_mask"]

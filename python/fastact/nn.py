@@ -17,7 +17,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
     "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
     "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold",
-    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "patch",
+    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "patch",
 ]
 
 
@@ -186,6 +186,13 @@ class SwiGLU(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.swiglu(self.w1(x), self.w3(x)))
+
+
+class Dropout(torch.nn.Dropout):
+    """torch.nn.Dropout with the fused, mask-free kernel."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout(input, self.p, self.training, self.inplace)
 
 
 def _twins() -> dict:

@@ -67,6 +67,7 @@ struct Celu : Elu {
 
 struct Gelu {
   bool tanh_form;
+  Gelu() : tanh_form(false) {}
   explicit Gelu(c10::string_view approximate) : tanh_form(parse(approximate)) {}
   static bool parse(c10::string_view a) {
     TORCH_CHECK_VALUE(a == "none" || a == "tanh",

@@ -30,6 +30,20 @@ struct ElementwiseArgs {
   int64_t numel() const { return rows * inner; }
 };
 
+// Ops that draw a uniform per element declare kRandom and are called as
+//   op(index, u, in[NIN], out[NOUT])
+// with u the Philox draw number `index` of the stream (seed, offset) the op
+// reports through rng(); the launchers make one Philox call per four
+// consecutive elements and hand out all four draws.
+template <class Op, class = void>
+struct IsRandomOp {
+  static constexpr bool value = false;
+};
+template <class Op>
+struct IsRandomOp<Op, decltype(void(Op::kRandom))> {
+  static constexpr bool value = Op::kRandom;
+};
+
 // y = f(x)
 template <class F>
 struct UnaryFwd {

@@ -1,0 +1,249 @@
+#pragma once
+// Host side of the fused dropout family, shared by the CPU and CUDA
+// registrations.
+//
+// The keep decision of element i is u_i >= p with u_i the Philox draw number
+// i of the stream (seed, offset) held in the 2-element int64 tensor `seed`
+// (on the input's device; see `_philox_seed`). It is a pure function of
+// (seed, offset, i), identical on CPU and CUDA, so nothing of size numel is
+// stored: every backward is the same mask applied to the gradient. Kept
+// values are scaled by 1/(1-p); as in torch, a dropped element is multiplied
+// by 0 (a NaN or inf input stays NaN). Elements are indexed in row-major
+// order, so inputs are made contiguous.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <optional>
+#include <type_traits>
+
+#include "fastact/activation_ops.h"
+#include "fastact/checks.h"
+#include "fastact/dispatch.h"
+#include "fastact/elementwise.h"
+#include "fastact/indexed_ops.h"
+#include "fastact/ops.h"
+
+namespace fastact {
+
+struct KeepMask {
+  const int64_t* rng;  // [seed, offset], host or device memory like the data
+  float p;
+  double scale;  // 1/(1-p), rounded to the opmath type where it is used
+  FA_HD uint64_t rng_seed() const { return static_cast<uint64_t>(rng[0]); }
+  FA_HD uint64_t rng_offset() const { return static_cast<uint64_t>(rng[1]); }
+  // The factor of element with draw u: 1/(1-p) when kept, else 0.
+  template <class T> FA_HD T factor(float u) const { return u >= p ? T(scale) : T(0); }
+};
+
+// y = x * mask * scale; inputs (x). Also the backward of every variant.
+struct DropoutOp {
+  static constexpr int kIn = 1, kOut = 1;
+  static constexpr bool kRandom = true;
+  KeepMask m;
+  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
+  template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
+    out[0] = in[0] * m.factor<T>(u);
+  }
+};
+
+// y = residual + dropout(x + bias[i % features]); inputs (x, residual).
+// Without a bias (features == 0) it is dropout_add.
+template <class B>
+struct BiasDropoutAddOp {
+  static constexpr int kIn = 2, kOut = 1;
+  static constexpr bool kRandom = true;
+  KeepMask m;
+  ParamOf<B> bias;
+  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
+  template <class T> FA_HD void operator()(int64_t i, float u, const T* in, T* out) const {
+    const T b = bias.count == 0 ? T(0) : T(bias.at(i));
+    out[0] = in[1] + (in[0] + b) * m.factor<T>(u);
+  }
+};
+
+// y = dropout(f(x + bias)); inputs (x)
+template <class F, class B>
+struct BiasActDropoutFwd {
+  static constexpr int kIn = 1, kOut = 1;
+  static constexpr bool kRandom = true;
+  KeepMask m;
+  ParamOf<B> bias;
+  F f;
+  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
+  template <class T> FA_HD void operator()(int64_t i, float u, const T* in, T* out) const {
+    const T b = bias.count == 0 ? T(0) : T(bias.at(i));
+    out[0] = f.fwd(in[0] + b) * m.factor<T>(u);
+  }
+};
+
+// dx = f'(x + bias) * dropout(dy); inputs (dy, x)
+template <class F, class B>
+struct BiasActDropoutBwd {
+  static constexpr int kIn = 2, kOut = 1;
+  static constexpr bool kRandom = true;
+  KeepMask m;
+  ParamOf<B> bias;
+  F f;
+  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
+  template <class T> FA_HD void operator()(int64_t i, float u, const T* in, T* out) const {
+    const T b = bias.count == 0 ? T(0) : T(bias.at(i));
+    out[0] = f.bwd(in[1] + b, in[0] * m.factor<T>(u));
+  }
+};
+
+inline KeepMask keep_mask(const at::Tensor& input, double p, const at::Tensor& seed,
+                          const char* op) {
+  TORCH_CHECK_VALUE(p >= 0 && p <= 1, op, ": dropout probability has to be between 0 and 1, but got ", p);
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 2 && seed.is_contiguous(), op,
+              ": seed must be a contiguous int64 tensor [seed, offset]");
+  TORCH_CHECK(seed.device() == input.device(), op, ": seed is on ", seed.device(),
+              " but input is on ", input.device());
+  return KeepMask{seed.const_data_ptr<int64_t>(), static_cast<float>(p),
+                  p < 1 ? 1.0 / (1.0 - p) : 0.0};
+}
+
+// The bias as opmath values, one per last-dim feature (count 0 when absent).
+template <class T>
+ParamOf<T> bias_param(const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                      at::Tensor& holder, const char* op) {
+  if (!bias.has_value() || !bias->defined()) return ParamOf<T>{nullptr, 0, 1};
+  check_float(*bias, op, "bias");
+  TORCH_CHECK(bias->device() == input.device(), op, ": bias is on ", bias->device(),
+              " but input is on ", input.device());
+  const int64_t features = input.dim() >= 1 ? input.size(-1) : 1;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == features, op,
+                    ": bias must be 1-D with one value per last-dim feature (", features,
+                    "), got shape ", bias->sizes());
+  holder = bias->to(c10::CppTypeToScalarType<T>::value).contiguous();
+  return ParamOf<T>{holder.const_data_ptr<T>(), features, 1};
+}
+
+// Calls fn(F()) with the functor of the activation named `name`.
+template <class Fn>
+void visit_activation(c10::string_view name, const char* op, Fn&& fn) {
+  bool found = false;
+#define FA_VISIT_ACTIVATION(n, F, ARGS, SCHEMA)                                               \
+  if (!found && name == #n) {                                                                 \
+    found = true;                                                                             \
+    if constexpr (std::is_default_constructible_v<F>) {                                       \
+      fn(F());                                                                                \
+    } else {                                                                                  \
+      TORCH_CHECK_VALUE(false, op, ": activation '", name,                                    \
+                        "' needs arguments; use one that takes only the input");             \
+    }                                                                                         \
+  }
+  FASTACT_ACTIVATIONS(FA_VISIT_ACTIVATION)
+#undef FA_VISIT_ACTIVATION
+  TORCH_CHECK_VALUE(found, op, ": unknown activation '", name, "'");
+}
+
+template <class L>
+struct DropoutOps {
+  static at::Tensor dropout(const at::Tensor& input, double p, const at::Tensor& seed) {
+    constexpr const char* op = "fastact.dropout";
+    check_float(input, op);
+    const KeepMask m = keep_mask(input, p, seed, op);
+    const c10::OptionalDeviceGuard guard(input.device());
+    at::Tensor x = input.contiguous();
+    at::Tensor out = at::empty_like(x);
+    FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      L::run(DropoutOp{m}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+    });
+    return out;
+  }
+
+  static void dropout_(const at::Tensor& self, double p, const at::Tensor& seed) {
+    constexpr const char* op = "fastact.dropout";
+    check_float(self, op);
+    const KeepMask m = keep_mask(self, p, seed, op);
+    const c10::OptionalDeviceGuard guard(self.device());
+    at::Tensor x = self.is_contiguous() ? self : self.contiguous();
+    FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      L::run(DropoutOp{m}, flat_args<scalar_t, 1, 1>({&x}, {&x}));
+    });
+    if (!self.is_same(x)) self.copy_(x);
+  }
+
+  static at::Tensor bias_dropout_add(const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                                     const at::Tensor& residual, double p, const at::Tensor& seed) {
+    const char* op = bias.has_value() ? "fastact.bias_dropout_add" : "fastact.dropout_add";
+    check_float(input, op);
+    check_like(residual, input, op, "residual", "input");
+    const KeepMask m = keep_mask(input, p, seed, op);
+    const c10::OptionalDeviceGuard guard(input.device());
+    at::Tensor x = input.contiguous();
+    at::Tensor r = residual.contiguous();
+    at::Tensor out = at::empty_like(x);
+    FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.bias_dropout_add", [&] {
+      using T = at::opmath_type<scalar_t>;
+      at::Tensor holder;
+      const ParamOf<T> b = bias_param<T>(x, bias, holder, op);
+      L::run(BiasDropoutAddOp<T>{m, b}, flat_args<scalar_t, 2, 1>({&x, &r}, {&out}));
+    });
+    return out;
+  }
+
+  static at::Tensor dropout_add(const at::Tensor& input, const at::Tensor& residual, double p,
+                                const at::Tensor& seed) {
+    return bias_dropout_add(input, std::nullopt, residual, p, seed);
+  }
+
+  static at::Tensor bias_act_dropout(const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                                     c10::string_view activation, double p, const at::Tensor& seed) {
+    constexpr const char* op = "fastact.bias_act_dropout";
+    check_float(input, op);
+    const KeepMask m = keep_mask(input, p, seed, op);
+    const c10::OptionalDeviceGuard guard(input.device());
+    at::Tensor x = input.contiguous();
+    at::Tensor out = at::empty_like(x);
+    visit_activation(activation, op, [&](auto f) {
+      using F = decltype(f);
+      FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+        using T = at::opmath_type<scalar_t>;
+        at::Tensor holder;
+        const ParamOf<T> b = bias_param<T>(x, bias, holder, op);
+        L::run(BiasActDropoutFwd<F, T>{m, b, f}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+      });
+    });
+    return out;
+  }
+
+  static at::Tensor bias_act_dropout_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                              const std::optional<at::Tensor>& bias,
+                                              c10::string_view activation, double p,
+                                              const at::Tensor& seed) {
+    constexpr const char* op = "fastact.bias_act_dropout";
+    check_float(input, op, "input");
+    check_like(grad_output, input, op, "grad_output", "input");
+    const KeepMask m = keep_mask(input, p, seed, op);
+    const c10::OptionalDeviceGuard guard(input.device());
+    at::Tensor x = input.contiguous();
+    at::Tensor dy = grad_output.contiguous();
+    at::Tensor dx = at::empty_like(x);
+    visit_activation(activation, op, [&](auto f) {
+      using F = decltype(f);
+      FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+        using T = at::opmath_type<scalar_t>;
+        at::Tensor holder;
+        const ParamOf<T> b = bias_param<T>(x, bias, holder, op);
+        L::run(BiasActDropoutBwd<F, T>{m, b, f}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
+      });
+    });
+    return dx;
+  }
+};
+
+#define FA_REGISTER_DROPOUT_OPS(L)                                                       \
+  m.impl("dropout", &::fastact::DropoutOps<L>::dropout);                                 \
+  m.impl("dropout_", &::fastact::DropoutOps<L>::dropout_);                               \
+  m.impl("dropout_add", &::fastact::DropoutOps<L>::dropout_add);                         \
+  m.impl("bias_dropout_add", &::fastact::DropoutOps<L>::bias_dropout_add);               \
+  m.impl("bias_act_dropout", &::fastact::DropoutOps<L>::bias_act_dropout);               \
+  m.impl("bias_act_dropout_backward", &::fastact::DropoutOps<L>::bias_act_dropout_backward);
+
+}  // namespace fastact

@@ -1,0 +1,193 @@
+"""Fused dropout: fake kernels, autograd and the functional API.
+
+The keep-mask is never stored. Each call draws a fresh Philox stream
+(seed, offset) from the input device's generator (or ``generator``) into a
+2-element int64 tensor; forward and backward apply the mask of that stream,
+so the autograd graph keeps 16 bytes instead of a byte per element.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.library import register_autograd, register_fake
+
+_ops = torch.ops.fastact
+
+__all__ = ["dropout", "dropout_add", "bias_dropout_add", "bias_act_dropout", "dropout_mask"]
+
+
+# --- fake kernels ----------------------------------------------------------------------
+
+@register_fake("fastact::_philox_seed")
+def _philox_seed_fake(like, generator=None):
+    return like.new_empty((2,), dtype=torch.int64)
+
+
+@register_fake("fastact::dropout")
+def _dropout_fake(input, p, seed):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("fastact::dropout_")
+def _dropout_inplace_fake(self, p, seed):
+    return None
+
+
+@register_fake("fastact::dropout_add")
+def _dropout_add_fake(input, residual, p, seed):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("fastact::bias_dropout_add")
+def _bias_dropout_add_fake(input, bias, residual, p, seed):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("fastact::bias_act_dropout")
+def _bias_act_dropout_fake(input, bias, activation, p, seed):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@register_fake("fastact::bias_act_dropout_backward")
+def _bias_act_dropout_backward_fake(grad_output, input, bias, activation, p, seed):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+# --- autograd: every backward regenerates the mask from `seed` ------------------------
+
+def _bias_grad(grad_input: Tensor, bias: Tensor) -> Tensor:
+    """Sum over all but the last dim, accumulated in the opmath type."""
+    acc = torch.float64 if bias.dtype == torch.float64 else torch.float32
+    return grad_input.reshape(-1, bias.shape[0]).sum(0, dtype=acc).to(bias.dtype)
+
+
+def _dropout_setup(ctx, inputs, output):
+    _, p, seed = inputs
+    ctx.save_for_backward(seed)
+    ctx.p = p
+
+
+def _dropout_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return _ops.dropout(grad, ctx.p, seed), None, None
+
+
+register_autograd("fastact::dropout", _dropout_backward, setup_context=_dropout_setup)
+
+
+def _dropout_add_setup(ctx, inputs, output):
+    _, _, p, seed = inputs
+    ctx.save_for_backward(seed)
+    ctx.p = p
+
+
+def _dropout_add_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return _ops.dropout(grad, ctx.p, seed), grad, None, None
+
+
+register_autograd("fastact::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup)
+
+
+def _bias_dropout_add_setup(ctx, inputs, output):
+    _, bias, _, p, seed = inputs
+    ctx.save_for_backward(seed, bias)
+    ctx.p = p
+
+
+def _bias_dropout_add_backward(ctx, grad):
+    seed, bias = ctx.saved_tensors
+    grad_input = _ops.dropout(grad, ctx.p, seed)
+    grad_bias = _bias_grad(grad_input, bias) if bias is not None and ctx.needs_input_grad[1] else None
+    return grad_input, grad_bias, grad, None, None
+
+
+register_autograd("fastact::bias_dropout_add", _bias_dropout_add_backward,
+                  setup_context=_bias_dropout_add_setup)
+
+
+def _bias_act_dropout_setup(ctx, inputs, output):
+    input, bias, activation, p, seed = inputs
+    ctx.save_for_backward(input, bias, seed)
+    ctx.activation, ctx.p = activation, p
+
+
+def _bias_act_dropout_backward(ctx, grad):
+    input, bias, seed = ctx.saved_tensors
+    grad_input = _ops.bias_act_dropout_backward(grad, input, bias, ctx.activation, ctx.p, seed)
+    grad_bias = _bias_grad(grad_input, bias) if bias is not None and ctx.needs_input_grad[1] else None
+    return grad_input, grad_bias, None, None, None
+
+
+register_autograd("fastact::bias_act_dropout", _bias_act_dropout_backward,
+                  setup_context=_bias_act_dropout_setup)
+
+
+# --- functional API --------------------------------------------------------------------
+
+def _check_p(p: float, op: str) -> None:
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"fastact.{op}: dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _seed(input: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    return _ops._philox_seed(input, generator)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+            generator: Optional[torch.Generator] = None) -> Tensor:
+    """``torch.nn.functional.dropout`` without a stored mask."""
+    _check_p(p, "dropout")
+    if not training or p == 0 or input.numel() == 0:
+        return input
+    seed = _seed(input, generator)
+    if not inplace:
+        return _ops.dropout(input, float(p), seed)
+    if torch.is_grad_enabled() and input.requires_grad:
+        # backward needs only the seed, so the input may be overwritten
+        return input.copy_(_ops.dropout(input, float(p), seed))
+    _ops.dropout_(input, float(p), seed)
+    return input
+
+
+def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool = True, *,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """``residual + dropout(input)`` in one pass."""
+    _check_p(p, "dropout_add")
+    if not training or p == 0:
+        return residual + input
+    return _ops.dropout_add(input, residual, float(p), _seed(input, generator))
+
+
+def bias_dropout_add(input: Tensor, bias: Tensor, residual: Tensor, p: float = 0.5,
+                     training: bool = True, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``residual + dropout(input + bias)`` in one pass (``bias`` over the last dim)."""
+    _check_p(p, "bias_dropout_add")
+    if not training or p == 0:
+        return residual + (input + bias)
+    return _ops.bias_dropout_add(input, bias, residual, float(p), _seed(input, generator))
+
+
+def bias_act_dropout(input: Tensor, bias: Optional[Tensor] = None, activation: str = "gelu",
+                     p: float = 0.5, training: bool = True, *,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """``dropout(act(input + bias))`` in one pass; ``activation`` names any
+    fastact activation that takes only the input (e.g. 'gelu', 'silu', 'relu')."""
+    _check_p(p, "bias_act_dropout")
+    if not training or p == 0:
+        # p = 0 keeps every element whatever the stream: no random numbers drawn
+        seed = torch.zeros(2, dtype=torch.int64, device=input.device)
+        return _ops.bias_act_dropout(input, bias, activation, 0.0, seed)
+    return _ops.bias_act_dropout(input, bias, activation, float(p), _seed(input, generator))
+
+
+def dropout_mask(shape: Sequence[int], p: float, seed: int, offset: int,
+                 device: Optional[torch.device] = None) -> Tensor:
+    """The boolean keep-mask the kernels use for stream (seed, offset): the
+    same on CPU and CUDA, so a GPU run's mask can be reproduced anywhere."""
+    _check_p(p, "dropout_mask")
+    rng = torch.tensor([seed, offset], dtype=torch.int64, device=device)
+    ones = torch.ones(tuple(shape), dtype=torch.float32, device=device)
+    return _ops.dropout(ones, float(p), rng) != 0
