@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import bench_activations  # noqa: E402
+import bench_dropout  # noqa: E402
 import bench_glu  # noqa: E402
 from harness import Timer, context, copy_bandwidth, markdown_table, write_results  # noqa: E402
 
@@ -31,7 +32,7 @@ def main() -> int:
     print(f"{ctx['device_name']}: copy bandwidth {ctx['copy_gbps']:.1f} GB/s")
     dtypes = (torch.float32, torch.bfloat16) if (args.full or device == "cuda") else (torch.float32,)
 
-    families = [("activations", bench_activations), ("glu", bench_glu)]
+    families = [("activations", bench_activations), ("glu", bench_glu), ("dropout", bench_dropout)]
     rows = []
     for label, module in families:
         progress, bar = None, None
@@ -46,6 +47,11 @@ def main() -> int:
         if bar:
             bar.close()
     out = write_results(rows, ctx, args.out)
+    try:
+        import plot
+        plot.plot(os.path.join(out, "results.json"))
+    except ImportError:
+        print("matplotlib not importable: no plots")
     print(markdown_table(rows, ctx))
     print(f"results written to {os.path.relpath(out)}")
     return 0

@@ -13,7 +13,7 @@ import torch
 
 from . import functional as F
 from . import reference as R
-from .ops import ACTIVATIONS
+from .ops import ACTIVATIONS, GLUS
 
 Case = Callable[[str], Optional[str]]
 
@@ -70,12 +70,56 @@ def _swish_beta_case(device: str) -> Optional[str]:
         _compare("swish(beta tensor) grad beta", gb, gbr, 1e-4, 1e-4)
 
 
+def _glu_case(name: str, params: tuple) -> Case:
+    def case(device: str) -> Optional[str]:
+        x = torch.randn(64, 2 * 48, device=device, requires_grad=True)
+        y = getattr(F, name)(x, None, -1, *params)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        xr = x.detach().requires_grad_(True)
+        yr = R.gated(name, xr, None, -1, *params)
+        (gr,) = torch.autograd.grad(yr.sum(), xr)
+        return _compare(f"{name} forward", y.detach(), yr.detach(), 1e-5, 1e-5) or \
+            _compare(f"{name} backward", g, gr, 1e-5, 1e-5)
+    return case
+
+
+def _glu_case_torch(device: str) -> Optional[str]:
+    x = torch.randn(32, 40, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(F.glu(x, 0).sum(), x)
+    xr = x.detach().requires_grad_(True)
+    (gr,) = torch.autograd.grad(torch.nn.functional.glu(xr, 0).sum(), xr)
+    return _compare("glu backward", g, gr, 1e-5, 1e-5)
+
+
+def _dropout_case(device: str) -> Optional[str]:
+    x = torch.randn(64, 256, device=device, requires_grad=True)
+    b = torch.randn(256, device=device, requires_grad=True)
+    seed = torch.tensor([2024, 4], device=device)
+    keep = F.dropout_mask(x.shape, 0.25, 2024, 4, device=device).float()
+    y = torch.ops.fastact.bias_act_dropout(x, b, "gelu", 0.25, seed)
+    gx, gb = torch.autograd.grad(y.sum(), (x, b))
+    xr, br = x.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    yr = torch.nn.functional.gelu(xr + br) * keep / 0.75
+    gxr, gbr = torch.autograd.grad(yr.sum(), (xr, br))
+    frac = keep.mean().item()
+    if not 0.65 < frac < 0.85:
+        return f"dropout keeps {frac:.3f} of elements at p=0.25"
+    return _compare("bias_act_dropout forward", y.detach(), yr.detach(), 1e-5, 1e-5) or \
+        _compare("bias_act_dropout grad input", gx, gxr, 1e-5, 1e-5) or \
+        _compare("bias_act_dropout grad bias", gb, gbr, 1e-4, 1e-4)
+
+
 def cases() -> Iterator[tuple[str, Case]]:
     for name in ACTIVATIONS:
         for params in R.params(name):
             yield f"{name}{list(params) if params else ''}", _activation_case(name, params)
     yield "prelu", _prelu_case
     yield "swish(beta tensor)", _swish_beta_case
+    for name in GLUS:
+        for params in R.glu_params(name):
+            yield f"{name}{list(params) if params else ''}", _glu_case(name, params)
+    yield "glu", _glu_case_torch
+    yield "dropout family", _dropout_case
 
 
 def devices() -> list[str]:
