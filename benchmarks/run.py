@@ -44,7 +44,7 @@ def main() -> int:
             print(f"benchmarking {label} ...")
         rows += module.run(device, timer, ctx["copy_gbps"], full=args.full,
                            with_compile=not args.no_compile, dtypes=dtypes, progress=progress)
-        if bar:
+        if bar is not None:
             bar.close()
     out = write_results(rows, ctx, args.out)
     try:

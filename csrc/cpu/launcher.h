@@ -52,45 +52,55 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
   }
 }
 
-// The same for ops that draw a uniform per element (kRandom): one Philox
-// call per group of four elements, all four draws used. The group loop is
-// vectorized across groups.
+// The draws number index .. index + count - 1 of stream (seed, offset):
+// one Philox call per group of four, all four draws used.
+inline void fill_uniforms(uint64_t seed, uint64_t offset, int64_t index, int64_t count, float* u) {
+  int64_t j = 0;
+  for (; j < count && ((index + j) & 3) != 0; ++j)
+    u[j] = philox_uniform(seed, offset, static_cast<uint64_t>(index + j));
+  const int64_t first = j, groups = (count - j) / 4;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t jj = first + 4 * g;
+    const Philox4x32 r = philox4x32_10(seed, offset, static_cast<uint64_t>(index + jj) >> 2);
+    u[jj] = uint_to_uniform(r.v[0]);
+    u[jj + 1] = uint_to_uniform(r.v[1]);
+    u[jj + 2] = uint_to_uniform(r.v[2]);
+    u[jj + 3] = uint_to_uniform(r.v[3]);
+  }
+  for (j = first + 4 * groups; j < count; ++j)
+    u[j] = philox_uniform(seed, offset, static_cast<uint64_t>(index + j));
+}
+
+// The same for ops that draw a uniform per element (kRandom): blocks of
+// draws are generated first, then the op runs over the block as a plain
+// vectorizable loop (the activation math stays SIMD).
 template <class Op, class S, int NIN, int NOUT>
 FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const* out,
                                       int64_t index, int64_t count) {
   static_assert(NIN >= 1 && NIN <= 3 && NOUT == 1, "operand count");
   using T = at::opmath_type<S>;
+  constexpr int64_t kBlock = 1024;
   const Op local_op = op;
   const uint64_t seed = local_op.rng_seed(), offset = local_op.rng_offset();
   const S* const i0 = in[0];
   const S* const i1 = NIN > 1 ? in[1] : nullptr;
   const S* const i2 = NIN > 2 ? in[2] : nullptr;
   S* const o0 = out[0];
-  auto one = [&](int64_t j, float u) {
-    T x[NIN];
-    T y[1];
-    x[0] = static_cast<T>(i0[j]);
-    if constexpr (NIN > 1) x[1] = static_cast<T>(i1[j]);
-    if constexpr (NIN > 2) x[2] = static_cast<T>(i2[j]);
-    local_op(index + j, u, x, y);
-    o0[j] = static_cast<S>(y[0]);
-  };
-  int64_t j = 0;
-  for (; j < count && ((index + j) & 3) != 0; ++j)
-    one(j, philox_uniform(seed, offset, static_cast<uint64_t>(index + j)));
-  const int64_t groups = (count - j) / 4;
-  const int64_t first = j;
+  float u[kBlock];
+  for (int64_t b = 0; b < count; b += kBlock) {
+    const int64_t n = std::min(kBlock, count - b);
+    fill_uniforms(seed, offset, index + b, n, u);
 #pragma GCC ivdep
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t jj = first + 4 * g;
-    const Philox4x32 r = philox4x32_10(seed, offset, static_cast<uint64_t>(index + jj) >> 2);
-    one(jj, uint_to_uniform(r.v[0]));
-    one(jj + 1, uint_to_uniform(r.v[1]));
-    one(jj + 2, uint_to_uniform(r.v[2]));
-    one(jj + 3, uint_to_uniform(r.v[3]));
+    for (int64_t j = 0; j < n; ++j) {
+      T x[NIN];
+      T y[1];
+      x[0] = static_cast<T>(i0[b + j]);
+      if constexpr (NIN > 1) x[1] = static_cast<T>(i1[b + j]);
+      if constexpr (NIN > 2) x[2] = static_cast<T>(i2[b + j]);
+      local_op(index + b + j, u[j], x, y);
+      o0[b + j] = static_cast<S>(y[0]);
+    }
   }
-  for (j = first + 4 * groups; j < count; ++j)
-    one(j, philox_uniform(seed, offset, static_cast<uint64_t>(index + j)));
 }
 
 struct CpuLauncher {

@@ -12,6 +12,7 @@
 // order, so inputs are made contiguous.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
 #include <optional>
@@ -21,7 +22,6 @@
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
 #include "fastact/elementwise.h"
-#include "fastact/indexed_ops.h"
 #include "fastact/ops.h"
 
 namespace fastact {
@@ -48,51 +48,47 @@ struct DropoutOp {
   }
 };
 
-// y = residual + dropout(x + bias[i % features]); inputs (x, residual).
-// Without a bias (features == 0) it is dropout_add.
-template <class B>
+// The bias is an operand like the others, broadcast over the rows of a
+// [rows, features] view by a row stride of 0 (no index arithmetic, vector
+// loads on CUDA). An absent bias is a zero vector.
+
+// y = residual + dropout(x + bias); inputs (x, residual, bias)
 struct BiasDropoutAddOp {
-  static constexpr int kIn = 2, kOut = 1;
+  static constexpr int kIn = 3, kOut = 1;
   static constexpr bool kRandom = true;
   KeepMask m;
-  ParamOf<B> bias;
   FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
   FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
-  template <class T> FA_HD void operator()(int64_t i, float u, const T* in, T* out) const {
-    const T b = bias.count == 0 ? T(0) : T(bias.at(i));
-    out[0] = in[1] + (in[0] + b) * m.factor<T>(u);
+  template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
+    out[0] = in[1] + (in[0] + in[2]) * m.factor<T>(u);
   }
 };
 
-// y = dropout(f(x + bias)); inputs (x)
-template <class F, class B>
+// y = dropout(f(x + bias)); inputs (x, bias)
+template <class F>
 struct BiasActDropoutFwd {
-  static constexpr int kIn = 1, kOut = 1;
-  static constexpr bool kRandom = true;
-  KeepMask m;
-  ParamOf<B> bias;
-  F f;
-  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
-  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
-  template <class T> FA_HD void operator()(int64_t i, float u, const T* in, T* out) const {
-    const T b = bias.count == 0 ? T(0) : T(bias.at(i));
-    out[0] = f.fwd(in[0] + b) * m.factor<T>(u);
-  }
-};
-
-// dx = f'(x + bias) * dropout(dy); inputs (dy, x)
-template <class F, class B>
-struct BiasActDropoutBwd {
   static constexpr int kIn = 2, kOut = 1;
   static constexpr bool kRandom = true;
   KeepMask m;
-  ParamOf<B> bias;
   F f;
   FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
   FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
-  template <class T> FA_HD void operator()(int64_t i, float u, const T* in, T* out) const {
-    const T b = bias.count == 0 ? T(0) : T(bias.at(i));
-    out[0] = f.bwd(in[1] + b, in[0] * m.factor<T>(u));
+  template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
+    out[0] = f.fwd(in[0] + in[1]) * m.factor<T>(u);
+  }
+};
+
+// dx = f'(x + bias) * dropout(dy); inputs (dy, x, bias)
+template <class F>
+struct BiasActDropoutBwd {
+  static constexpr int kIn = 3, kOut = 1;
+  static constexpr bool kRandom = true;
+  KeepMask m;
+  F f;
+  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
+  template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
+    out[0] = f.bwd(in[1] + in[2], in[0] * m.factor<T>(u));
   }
 };
 
@@ -107,20 +103,37 @@ inline KeepMask keep_mask(const at::Tensor& input, double p, const at::Tensor& s
                   p < 1 ? 1.0 / (1.0 - p) : 0.0};
 }
 
-// The bias as opmath values, one per last-dim feature (count 0 when absent).
-template <class T>
-ParamOf<T> bias_param(const at::Tensor& input, const std::optional<at::Tensor>& bias,
-                      at::Tensor& holder, const char* op) {
-  if (!bias.has_value() || !bias->defined()) return ParamOf<T>{nullptr, 0, 1};
+// The bias in the input's dtype, one value per last-dim feature (zeros when
+// absent), and the [rows, features] arguments with the bias row repeated.
+inline at::Tensor bias_or_zeros(const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                                const char* op) {
+  const int64_t features = x.dim() >= 1 ? x.size(-1) : 1;
+  if (!bias.has_value() || !bias->defined()) return at::zeros({features}, x.options());
   check_float(*bias, op, "bias");
-  TORCH_CHECK(bias->device() == input.device(), op, ": bias is on ", bias->device(),
-              " but input is on ", input.device());
-  const int64_t features = input.dim() >= 1 ? input.size(-1) : 1;
+  TORCH_CHECK(bias->device() == x.device(), op, ": bias is on ", bias->device(),
+              " but input is on ", x.device());
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == features, op,
                     ": bias must be 1-D with one value per last-dim feature (", features,
                     "), got shape ", bias->sizes());
-  holder = bias->to(c10::CppTypeToScalarType<T>::value).contiguous();
-  return ParamOf<T>{holder.const_data_ptr<T>(), features, 1};
+  return bias->to(x.scalar_type()).contiguous();
+}
+
+// Operands of one shape as [rows, features] rows, plus the bias (row stride 0) last.
+template <class scalar_t, int NIN>
+ElementwiseArgs<scalar_t, NIN, 1> rows_with_bias(const at::Tensor* const (&in)[NIN - 1],
+                                                 const at::Tensor& bias, const at::Tensor& out) {
+  ElementwiseArgs<scalar_t, NIN, 1> a{};
+  a.inner = std::max<int64_t>(bias.numel(), 1);
+  a.rows = out.numel() / a.inner;
+  for (int k = 0; k < NIN - 1; ++k) {
+    a.in[k] = in[k]->template const_data_ptr<scalar_t>();
+    a.in_stride[k] = a.inner;
+  }
+  a.in[NIN - 1] = bias.template const_data_ptr<scalar_t>();
+  a.in_stride[NIN - 1] = 0;
+  a.out[0] = out.template mutable_data_ptr<scalar_t>();
+  a.out_stride[0] = a.inner;
+  return a;
 }
 
 // Calls fn(F()) with the functor of the activation named `name`.
@@ -179,11 +192,9 @@ struct DropoutOps {
     at::Tensor x = input.contiguous();
     at::Tensor r = residual.contiguous();
     at::Tensor out = at::empty_like(x);
+    const at::Tensor b = bias_or_zeros(x, bias, op);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.bias_dropout_add", [&] {
-      using T = at::opmath_type<scalar_t>;
-      at::Tensor holder;
-      const ParamOf<T> b = bias_param<T>(x, bias, holder, op);
-      L::run(BiasDropoutAddOp<T>{m, b}, flat_args<scalar_t, 2, 1>({&x, &r}, {&out}));
+      L::run(BiasDropoutAddOp{m}, rows_with_bias<scalar_t, 3>({&x, &r}, b, out));
     });
     return out;
   }
@@ -201,13 +212,11 @@ struct DropoutOps {
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
     at::Tensor out = at::empty_like(x);
+    const at::Tensor b = bias_or_zeros(x, bias, op);
     visit_activation(activation, op, [&](auto f) {
       using F = decltype(f);
       FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
-        using T = at::opmath_type<scalar_t>;
-        at::Tensor holder;
-        const ParamOf<T> b = bias_param<T>(x, bias, holder, op);
-        L::run(BiasActDropoutFwd<F, T>{m, b, f}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+        L::run(BiasActDropoutFwd<F>{m, f}, rows_with_bias<scalar_t, 2>({&x}, b, out));
       });
     });
     return out;
@@ -225,13 +234,11 @@ struct DropoutOps {
     at::Tensor x = input.contiguous();
     at::Tensor dy = grad_output.contiguous();
     at::Tensor dx = at::empty_like(x);
+    const at::Tensor b = bias_or_zeros(x, bias, op);
     visit_activation(activation, op, [&](auto f) {
       using F = decltype(f);
       FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
-        using T = at::opmath_type<scalar_t>;
-        at::Tensor holder;
-        const ParamOf<T> b = bias_param<T>(x, bias, holder, op);
-        L::run(BiasActDropoutBwd<F, T>{m, b, f}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
+        L::run(BiasActDropoutBwd<F>{m, f}, rows_with_bias<scalar_t, 3>({&dy, &x}, b, dx));
       });
     });
     return dx;
