@@ -131,6 +131,21 @@ def test_gradcheck(name, params, device):
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_gradgradcheck(name, params, device):
+    """Double backward works wherever torch's own does (and raises where torch's raises)."""
+    x = away_from_kinks(name, params, n=12).to(device).requires_grad_(True)
+    try:
+        (g,) = torch.autograd.grad(R.ACTIVATIONS[name](x, *params).sum(), x, create_graph=True)
+        torch.autograd.grad(g.sum(), x, allow_unused=True)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            (g,) = torch.autograd.grad(op(name)(x, *params).sum(), x, create_graph=True)
+            torch.autograd.grad(g.sum(), x)
+        return
+    assert torch.autograd.gradgradcheck(lambda t: op(name)(t, *params), (x,))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
 def test_opcheck(name, params, device):
     x = torch.randn(3, 17, device=device)
     dy = torch.randn(3, 17, device=device)

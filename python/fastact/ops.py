@@ -38,6 +38,20 @@ def _fake_backward(grad_output, self, *args):
     return torch.empty_like(self)
 
 
+def _second_derivative_term(name, x, params, weight):
+    """weight * f''(x), from the plain-torch formula (double backward only)."""
+    from .reference import ACTIVATIONS as formulas
+
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        (d1,) = torch.autograd.grad(formulas[name](xx, *params), xx, torch.ones_like(xx),
+                                    create_graph=True)
+        if not d1.requires_grad:  # f' is piecewise constant: f'' = 0
+            return torch.zeros_like(x)
+        (d2,) = torch.autograd.grad(d1, xx, weight, allow_unused=True)
+    return torch.zeros_like(x) if d2 is None else d2
+
+
 def _register_activation(name: str) -> None:
     backward_op = getattr(torch.ops.fastact, name + "_backward").default
 
@@ -54,6 +68,21 @@ def _register_activation(name: str) -> None:
     register_fake(f"fastact::{name}_")(_fake_inplace)
     register_fake(f"fastact::{name}_backward")(_fake_backward)
     register_autograd(f"fastact::{name}", backward, setup_context=setup_context)
+
+    # Double backward: backward_op(dy, x) = dy * f'(x) is linear in dy, so its
+    # gradient for dy is backward_op again; the one for x, gg * dy * f''(x),
+    # comes from the reference formula (correct, not fused).
+    def setup_backward(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.params = tuple(inputs[2:])
+
+    def backward_backward(ctx, gg):
+        dy, x = ctx.saved_tensors
+        g_dy = backward_op(gg, x, *ctx.params) if ctx.needs_input_grad[0] else None
+        g_x = _second_derivative_term(name, x, ctx.params, gg * dy) if ctx.needs_input_grad[1] else None
+        return (g_dy, g_x) + (None,) * len(ctx.params)
+
+    register_autograd(f"fastact::{name}_backward", backward_backward, setup_context=setup_backward)
 
 
 for _name in ACTIVATIONS:
