@@ -11,7 +11,7 @@ import torch
 import fastact.functional as F
 from fastact import reference as R
 from fastact.ops import ACTIVATIONS
-from conftest import DEVICES, FLOAT_DTYPES, HALF_DTYPES, assert_matches
+from conftest import DEVICES, FLOAT_DTYPES, HALF_DTYPES, assert_matches, requires_cuda
 
 CASES = [(name, p) for name in ACTIVATIONS for p in R.params(name)]
 CASE_IDS = [f"{n}{list(p) if p else ''}" for n, p in CASES]
@@ -371,3 +371,33 @@ def test_rrelu_opcheck_and_bounds(device):
                           (x.clone().requires_grad_(True), 0.1, 0.3, seed))
     with pytest.raises(ValueError, match="fastact.rrelu"):
         F.rrelu(x, 0.5, 0.1, training=True)
+
+
+@requires_cuda
+def test_cuda_past_2_pow_31_elements():
+    n = 2**31 + 8  # 64-bit indexing: 4 GiB of bfloat16 in, 4 GiB out
+    x = torch.full((n,), -1.0, dtype=torch.bfloat16, device="cuda")
+    x[-4:] = 2.0
+    y = F.relu(x)
+    assert y[-4:].eq(2).all() and y[-5] == 0 and y[: 2**20].eq(0).all()
+    del x, y
+    torch.cuda.empty_cache()
+
+
+@requires_cuda
+def test_cuda_device_mismatch_raises():
+    x = torch.randn(4, device="cuda")
+    with pytest.raises(RuntimeError, match="fastact.silu.*cuda"):
+        torch.ops.fastact.silu_backward(torch.randn(4), x)
+    with pytest.raises(RuntimeError, match="fastact.prelu.*weight"):
+        F.prelu(x, torch.ones(1))
+
+
+@requires_cuda
+def test_cuda_runs_on_current_stream():
+    x = torch.randn(1 << 20, device="cuda")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        y = F.gelu(x)
+    s.synchronize()
+    torch.testing.assert_close(y, torch.nn.functional.gelu(x))
