@@ -13,17 +13,18 @@ from torch.library import register_autograd, register_fake
 __all__ = ["ACTIVATIONS"]
 
 
-def _activation_table() -> dict[str, list[str]]:
-    """name -> names of the op's scalar arguments, in schema order."""
+def _op_table(lines: list[str]) -> dict[str, list[str]]:
+    """name -> names of the op's scalar arguments, in schema order, from the
+    "name|schema arguments" lines the C++ op lists report."""
     table = {}
-    for line in torch.ops.fastact._activation_ops():
+    for line in lines:
         name, args = line.split("|", 1)
         table[name] = [a.strip().split(" ")[1].split("=")[0] for a in args.split(",") if a.strip()]
     return table
 
 
 #: Every activation of the op list: name -> its scalar argument names.
-ACTIVATIONS: dict[str, list[str]] = _activation_table()
+ACTIVATIONS: dict[str, list[str]] = _op_table(torch.ops.fastact._activation_ops())
 
 
 def _fake_forward(self, *args):
@@ -160,16 +161,7 @@ register_autograd("fastact::rrelu_train", _rrelu_backward, setup_context=_rrelu_
 
 
 # The GLU family (glu_ops.h): two-tensor and packed forms, generated from the list.
-def _glu_table() -> dict[str, list[str]]:
-    table = {}
-    for line in torch.ops.fastact._glu_ops():
-        name, args = line.split("|", 1)
-        table[name] = [a.strip().split(" ")[1].split("=")[0] for a in args.split(",") if a.strip()]
-    return table
-
-
-#: Every gated op of the list: name -> its scalar argument names.
-GLUS: dict[str, list[str]] = _glu_table()
+GLUS: dict[str, list[str]] = _op_table(torch.ops.fastact._glu_ops())
 
 
 def _packed_shape(x, dim):

@@ -36,13 +36,17 @@ struct KeepMask {
   template <class T> FA_HD T factor(float u) const { return u >= p ? T(scale) : T(0); }
 };
 
-// y = x * mask * scale; inputs (x). Also the backward of every variant.
-struct DropoutOp {
-  static constexpr int kIn = 1, kOut = 1;
+// What every dropout op adapter shares: it draws (kRandom) from the stream of m.
+struct RandomOp {
   static constexpr bool kRandom = true;
   KeepMask m;
   FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
   FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
+};
+
+// y = x * mask * scale; inputs (x). Also the backward of every variant.
+struct DropoutOp : RandomOp {
+  static constexpr int kIn = 1, kOut = 1;
   template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
     out[0] = in[0] * m.factor<T>(u);
   }
@@ -53,12 +57,8 @@ struct DropoutOp {
 // loads on CUDA). An absent bias is a zero vector.
 
 // y = residual + dropout(x + bias); inputs (x, residual, bias)
-struct BiasDropoutAddOp {
+struct BiasDropoutAddOp : RandomOp {
   static constexpr int kIn = 3, kOut = 1;
-  static constexpr bool kRandom = true;
-  KeepMask m;
-  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
-  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
   template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
     out[0] = in[1] + (in[0] + in[2]) * m.factor<T>(u);
   }
@@ -66,13 +66,9 @@ struct BiasDropoutAddOp {
 
 // y = dropout(f(x + bias)); inputs (x, bias)
 template <class F>
-struct BiasActDropoutFwd {
+struct BiasActDropoutFwd : RandomOp {
   static constexpr int kIn = 2, kOut = 1;
-  static constexpr bool kRandom = true;
-  KeepMask m;
   F f;
-  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
-  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
   template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
     out[0] = f.fwd(in[0] + in[1]) * m.factor<T>(u);
   }
@@ -80,13 +76,9 @@ struct BiasActDropoutFwd {
 
 // dx = f'(x + bias) * dropout(dy); inputs (dy, x, bias)
 template <class F>
-struct BiasActDropoutBwd {
+struct BiasActDropoutBwd : RandomOp {
   static constexpr int kIn = 3, kOut = 1;
-  static constexpr bool kRandom = true;
-  KeepMask m;
   F f;
-  FA_HD uint64_t rng_seed() const { return m.rng_seed(); }
-  FA_HD uint64_t rng_offset() const { return m.rng_offset(); }
   template <class T> FA_HD void operator()(int64_t, float u, const T* in, T* out) const {
     out[0] = f.bwd(in[1] + in[2], in[0] * m.factor<T>(u));
   }
@@ -165,7 +157,7 @@ struct DropoutOps {
     at::Tensor x = input.contiguous();
     at::Tensor out = at::empty_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
-      L::run(DropoutOp{m}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+      L::run(DropoutOp{{m}}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
   }
@@ -177,7 +169,7 @@ struct DropoutOps {
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = self.is_contiguous() ? self : self.contiguous();
     FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
-      L::run(DropoutOp{m}, flat_args<scalar_t, 1, 1>({&x}, {&x}));
+      L::run(DropoutOp{{m}}, flat_args<scalar_t, 1, 1>({&x}, {&x}));
     });
     if (!self.is_same(x)) self.copy_(x);
   }
@@ -194,7 +186,7 @@ struct DropoutOps {
     at::Tensor out = at::empty_like(x);
     const at::Tensor b = bias_or_zeros(x, bias, op);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.bias_dropout_add", [&] {
-      L::run(BiasDropoutAddOp{m}, rows_with_bias<scalar_t, 3>({&x, &r}, b, out));
+      L::run(BiasDropoutAddOp{{m}}, rows_with_bias<scalar_t, 3>({&x, &r}, b, out));
     });
     return out;
   }
@@ -216,7 +208,7 @@ struct DropoutOps {
     visit_activation(activation, op, [&](auto f) {
       using F = decltype(f);
       FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
-        L::run(BiasActDropoutFwd<F>{m, f}, rows_with_bias<scalar_t, 2>({&x}, b, out));
+        L::run(BiasActDropoutFwd<F>{{m}, f}, rows_with_bias<scalar_t, 2>({&x}, b, out));
       });
     });
     return out;
@@ -238,7 +230,7 @@ struct DropoutOps {
     visit_activation(activation, op, [&](auto f) {
       using F = decltype(f);
       FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
-        L::run(BiasActDropoutBwd<F>{m, f}, rows_with_bias<scalar_t, 3>({&dy, &x}, b, dx));
+        L::run(BiasActDropoutBwd<F>{{m}, f}, rows_with_bias<scalar_t, 3>({&dy, &x}, b, dx));
       });
     });
     return dx;
