@@ -1,0 +1,98 @@
+"""The public surface of shared/API.md: every name exists, and functions that
+mirror torch.nn.functional take the same arguments with the same defaults."""
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastact
+import fastact.functional as F
+import fastact.nn as fnn
+
+MIRRORED = ["relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu",
+            "mish", "logsigmoid", "hardswish", "hardsigmoid", "hardtanh", "softplus", "softshrink",
+            "hardshrink", "tanhshrink", "softsign", "threshold", "glu"]
+EXTRA = {
+    "swish": ["input", "beta"], "quick_gelu": ["input"], "squared_relu": ["input"],
+    "swiglu": ["gate", "up", "dim"], "geglu": ["gate", "up", "dim", "approximate"],
+    "reglu": ["gate", "up", "dim"],
+    "dropout": ["input", "p", "training", "inplace", "generator"],
+    "dropout_add": ["input", "residual", "p", "training", "generator"],
+    "bias_dropout_add": ["input", "bias", "residual", "p", "training", "generator"],
+    "bias_act_dropout": ["input", "bias", "activation", "p", "training", "generator"],
+    "dropout_mask": ["shape", "p", "seed", "offset", "device"],
+}
+MODULES = ["ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
+           "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
+           "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold", "GLU",
+           "Dropout", "Swish", "QuickGELU", "SquaredReLU", "SwiGLU"]
+
+
+def params(fn):
+    """[(name, default)] of a function; for torch builtins without a Python
+    signature, parsed from the "name(args) -> Tensor" line of the docstring."""
+    try:
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values()]
+    except ValueError:
+        line = next(l for l in fn.__doc__.strip().splitlines() if "->" in l)
+        tree = ast.parse(f"def f({line[line.index('(') + 1:line.rindex(')')]}): pass")
+        args = tree.body[0].args
+        defaults = [inspect.Parameter.empty] * (len(args.args) - len(args.defaults)) + \
+            [ast.literal_eval(d) for d in args.defaults]
+        return [(a.arg, d) for a, d in zip(args.args, defaults)]
+
+
+@pytest.mark.parametrize("name", MIRRORED)
+def test_signature_mirrors_torch(name):
+    ours = params(getattr(F, name))
+    theirs = params(getattr(torch.nn.functional, name))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_extra_functions(name):
+    assert [p for p, _ in params(getattr(F, name))] == EXTRA[name]
+
+
+def test_defaults_of_extras():
+    assert inspect.signature(F.swish).parameters["beta"].default == 1.0
+    d = inspect.signature(F.dropout).parameters
+    assert d["p"].default == 0.5 and d["training"].default is True and d["inplace"].default is False
+    assert d["generator"].kind is inspect.Parameter.KEYWORD_ONLY
+    b = inspect.signature(F.bias_act_dropout).parameters
+    assert b["bias"].default is None and b["activation"].default == "gelu"
+    assert inspect.signature(F.geglu).parameters["approximate"].default == "none"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_modules_exist(name):
+    cls = getattr(fnn, name)
+    assert issubclass(cls, torch.nn.Module)
+    twin = getattr(torch.nn, name, None)
+    if twin is not None:
+        assert issubclass(cls, twin)
+
+
+def test_package_surface():
+    assert isinstance(fastact.__version__, str)
+    assert isinstance(fastact.cuda_compiled(), bool)
+    info = fastact.build_info()
+    for key in ("torch_version", "cuda_version", "cuda_archs", "compiler", "cuda_compiled"):
+        assert key in info
+    assert callable(fnn.patch)
+
+
+def test_every_op_is_a_torch_operator():
+    for name in ("relu", "gelu", "swiglu", "swiglu_packed", "glu", "dropout", "prelu"):
+        assert isinstance(getattr(torch.ops.fastact, name), torch._ops.OpOverloadPacket)
+
+
+def test_python_m_fastact_selfcheck():
+    r = subprocess.run([sys.executable, "-m", "fastact"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "self-check passed" in r.stdout and "cuda_compiled" in r.stdout
