@@ -52,6 +52,9 @@ def main() -> int:
         plot.plot(os.path.join(out, "results.json"))
     except ImportError:
         print("matplotlib not importable: no plots")
+    if args.out is None:  # a run under benchmarks/results: refresh the README's tables
+        import update_readme
+        update_readme.main()
     print(markdown_table(rows, ctx))
     print(f"results written to {os.path.relpath(out)}")
     return 0
