@@ -33,11 +33,15 @@ __global__ void __launch_bounds__(256)
   const int64_t nvec = n / VEC;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool small = n <= static_cast<int64_t>(UINT32_MAX);
   for (int64_t v = tid; v < nvec; v += step) {
     const int64_t e = v * VEC;
     int64_t row = 0, col = e;
     if (a.rows > 1) {
-      row = e / a.inner;
+      // 64-bit division is many times slower than 32-bit on the GPU; use
+      // the latter whenever the indices fit (every realistic layer).
+      row = small ? static_cast<int64_t>(static_cast<uint32_t>(e) / static_cast<uint32_t>(a.inner))
+                  : e / a.inner;
       col = e - row * a.inner;
     }
     V vin[NIN];
