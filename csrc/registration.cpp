@@ -79,6 +79,13 @@ TORCH_LIBRARY(fastact, m) {
   m.def("bias_act_dropout_backward(Tensor grad_output, Tensor input, Tensor? bias, str activation, "
         "float p, Tensor seed) -> Tensor");
 
+  // Cross-entropy over [rows, classes] logits (cross_entropy_ops.h): per-row
+  // float32 losses and log-sum-exp; the reductions are torch ops in Python.
+  m.def("cross_entropy_rows(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+        "float label_smoothing, float z_loss, float softcap) -> (Tensor, Tensor)");
+  m.def("cross_entropy_rows_backward(Tensor grad, Tensor logits, Tensor target, Tensor? weight, "
+        "Tensor lse, int ignore_index, float label_smoothing, float z_loss, float softcap) -> Tensor");
+
   // Introspection for the Python layer, the tests and the benchmarks.
   m.def("_activation_ops() -> str[]", &activation_ops);
   m.def("_glu_ops() -> str[]", &glu_ops);

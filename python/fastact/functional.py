@@ -191,3 +191,9 @@ def reglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1) -> Tensor:
 from .dropout import bias_act_dropout, bias_dropout_add, dropout, dropout_add, dropout_mask  # noqa: E402
 
 __all__ += ["dropout", "dropout_add", "bias_dropout_add", "bias_act_dropout", "dropout_mask"]
+
+
+# --- losses (cross_entropy.py) ------------------------------------------------------------
+from .cross_entropy import cross_entropy  # noqa: E402
+
+__all__ += ["cross_entropy"]

@@ -17,7 +17,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
     "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
     "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold",
-    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "patch",
+    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "patch",
 ]
 
 
@@ -193,6 +193,23 @@ class Dropout(torch.nn.Dropout):
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout(input, self.p, self.training, self.inplace)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """torch.nn.CrossEntropyLoss on the fused kernel, with the extras of
+    fastact.functional.cross_entropy: ``z_loss`` and ``softcap``."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                 softcap=None) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self.z_loss = z_loss
+        self.softcap = softcap
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing,
+                               z_loss=getattr(self, "z_loss", 0.0), softcap=getattr(self, "softcap", None))
 
 
 def _twins() -> dict:

@@ -1,0 +1,133 @@
+#pragma once
+// Cross-entropy over rows of logits [N, C] (the class dim made last and
+// contiguous by the Python layer), for the CPU and CUDA kernels.
+//
+// Per row, in float32 for float32/16/bfloat16 logits (float64 for float64): z_c = softcap(x_c), an
+// online (running max, running sum) log-sum-exp, and the row's loss in torch's
+// definition:
+//   index target t:  (1-eps) w_t (lse - z_t) + eps/C sum_c w_c (lse - z_c)
+//   prob. target y:  sum_c w_c y'_c (lse - z_c),  y' = (1-eps) y + eps/C
+// plus z_loss * lse^2, and 0 for an ignored row. w is the class weight (1 if
+// absent). The reductions (mean over the weights of counted rows, sum, none)
+// are torch ops on the [N] row losses, so their gradient reaches the backward
+// kernel as the per-row `grad` and nothing syncs with the host.
+//
+// Backward writes d(logits) once: with p = softmax(z) and g the row's grad,
+//   dz_c = g * [ (1-eps) w_t (p_c - [c==t]) + eps/C (W p_c - w_c) + 2 zl lse p_c ]
+//   (prob.: dz_c = g * [ S p_c - w_c y'_c + 2 zl lse p_c ],  S = sum_k w_k y'_k)
+// and dx_c = dz_c * (1 - (z_c/cap)^2) under softcap.
+#include <cstdint>
+
+#include "fastact/macros.h"
+#include "fastact/math.h"
+
+namespace fastact {
+
+struct CrossEntropyParams {
+  int64_t rows, classes;
+  int64_t ignore_index;
+  float smoothing, z_loss, softcap;  // softcap <= 0: none
+  bool has_weight, prob_target;
+};
+
+template <class A>
+FA_HD A ce_cap(A x, A cap) {
+  return cap > A(0) ? cap * ::fastact::math::tanh(x / cap) : x;
+}
+
+// Running (max, sum of exp(z - max)) pair, merged one value or one pair at a time.
+template <class A>
+struct OnlineLse {
+  A m = -INFINITY, s = 0;
+  FA_HD void add(A z) {
+    if (z > m) {
+      s = s * ::fastact::math::exp(m - z) + A(1);
+      m = z;
+    } else {
+      s += ::fastact::math::exp(z - m);
+    }
+  }
+  FA_HD void merge(const OnlineLse& o) {
+    if (o.m == -INFINITY) return;
+    if (m == -INFINITY) {
+      *this = o;
+      return;
+    }
+    const A mm = m > o.m ? m : o.m;
+    s = s * ::fastact::math::exp(m - mm) + o.s * ::fastact::math::exp(o.m - mm);
+    m = mm;
+  }
+  // NaN in a row gives NaN; a row of -inf gives -inf (as torch's logsumexp).
+  FA_HD A value() const { return m == -INFINITY ? m : m + ::fastact::math::log(s); }
+};
+
+}  // namespace fastact
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <optional>
+#include <tuple>
+
+#include "fastact/checks.h"
+#include "fastact/dispatch.h"
+
+namespace fastact {
+
+// Checks, layouts and parameters shared by the CPU and CUDA kernels.
+struct CrossEntropyArgs {
+  at::Tensor logits, target, weight;  // contiguous; weight [C] or undefined
+  CrossEntropyParams p;
+};
+
+inline CrossEntropyArgs cross_entropy_args(const at::Tensor& logits, const at::Tensor& target,
+                                           const std::optional<at::Tensor>& weight,
+                                           int64_t ignore_index, double smoothing, double z_loss,
+                                           double softcap) {
+  constexpr const char* op = "fastact.cross_entropy";
+  check_float(logits, op, "input");
+  TORCH_CHECK_VALUE(logits.dim() == 2, op, ": expected logits of shape [rows, classes], got ",
+                    logits.sizes());
+  TORCH_CHECK(target.device() == logits.device(), op, ": target is on ", target.device(),
+              " but input is on ", logits.device());
+  TORCH_CHECK_VALUE(smoothing >= 0 && smoothing <= 1, op,
+                    ": label_smoothing must be between 0 and 1, got ", smoothing);
+  CrossEntropyArgs a;
+  a.p.rows = logits.size(0);
+  a.p.classes = logits.size(1);
+  a.p.prob_target = target.is_floating_point();
+  if (a.p.prob_target) {
+    TORCH_CHECK_VALUE(target.sizes() == logits.sizes(), op,
+                      ": class-probability target must have the input's shape ", logits.sizes(),
+                      ", got ", target.sizes());
+    TORCH_CHECK_TYPE(target.scalar_type() == logits.scalar_type(), op,
+                     ": class-probability target must have the input's dtype ",
+                     logits.scalar_type(), ", got ", target.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op,
+                     ": class-index target must be int64, got ", target.scalar_type());
+    TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == a.p.rows, op,
+                      ": class-index target must have shape [", a.p.rows, "], got ", target.sizes());
+  }
+  a.p.has_weight = weight.has_value() && weight->defined();
+  if (a.p.has_weight) {
+    check_float(*weight, op, "weight");
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == a.p.classes, op,
+                      ": weight must have one value per class (", a.p.classes, "), got shape ",
+                      weight->sizes());
+    TORCH_CHECK(weight->device() == logits.device(), op, ": weight is on ", weight->device(),
+                " but input is on ", logits.device());
+    a.weight = weight->contiguous();
+  }
+  a.p.ignore_index = ignore_index;
+  a.p.smoothing = static_cast<float>(smoothing);
+  a.p.z_loss = static_cast<float>(z_loss);
+  a.p.softcap = static_cast<float>(softcap);
+  a.logits = logits.contiguous();
+  a.target = target.contiguous();
+  return a;
+}
+
+}  // namespace fastact

@@ -1,0 +1,106 @@
+"""Cross-entropy with torch's semantics, on the fused row kernels.
+
+The C++ op computes, per row of logits, the float32 loss and log-sum-exp
+(``cross_entropy_rows``); mean, sum and none are torch ops on that [N]
+vector, so every reduction divides on the device (no host sync) and autograd
+hands the backward kernel one gradient value per row.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.library import register_autograd, register_fake
+
+_ops = torch.ops.fastact
+
+__all__ = ["cross_entropy"]
+
+
+@register_fake("fastact::cross_entropy_rows")
+def _rows_fake(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap):
+    n = logits.shape[0]
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
+
+
+@register_fake("fastact::cross_entropy_rows_backward")
+def _rows_backward_fake(grad, logits, target, weight, lse, ignore_index, label_smoothing, z_loss, softcap):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _rows_setup(ctx, inputs, output):
+    logits, target, weight, *options = inputs
+    ctx.save_for_backward(logits, target, weight, output[1])
+    ctx.options = tuple(options)
+
+
+def _rows_backward(ctx, grad_loss, grad_lse):
+    logits, target, weight, lse = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        if grad_loss is None:
+            grad_loss = torch.zeros_like(lse)
+        grad_logits = _ops.cross_entropy_rows_backward(grad_loss, logits, target, weight, lse, *ctx.options)
+    return grad_logits, None, None, None, None, None, None
+
+
+register_autograd("fastact::cross_entropy_rows", _rows_backward, setup_context=_rows_setup)
+
+
+def _as_rows(input: Tensor, target: Tensor):
+    """(logits [rows, C], target [rows] or [rows, C], shape of the per-row loss)."""
+    prob = target.is_floating_point()
+    if input.dim() == 1:
+        return input.unsqueeze(0), target.unsqueeze(0), ()
+    if input.dim() == 2:
+        return input, target, (input.shape[0],)
+    c = input.shape[1]
+    rows = input.movedim(1, -1).reshape(-1, c)
+    tgt = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
+    return rows, tgt, tuple(target.shape[:1]) + tuple(target.shape[2 if prob else 1:])
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                  z_loss: float = 0.0, softcap: Optional[float] = None) -> Tensor:
+    """``torch.nn.functional.cross_entropy`` (class-index or class-probability
+    targets, weight, ignore_index, label smoothing, every reduction), plus
+    ``z_loss * logsumexp(logits)**2`` per counted row (added to that row's loss,
+    not scaled by the class weight, reduced like it) and ``softcap=c``, which
+    first maps logits to ``c * tanh(logits / c)``. Loss math in float32; the
+    loss comes back in the input's dtype, as in torch."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"fastact.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"fastact.cross_entropy: label_smoothing must be between 0 and 1, got {label_smoothing}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"fastact.cross_entropy: softcap must be positive, got {softcap}")
+    if input.dim() == 0:
+        raise ValueError("fastact.cross_entropy: input must have a class dimension")
+    prob = target.is_floating_point()
+    if prob and target.shape != input.shape:
+        raise ValueError(f"fastact.cross_entropy: class-probability target must have the input's shape "
+                         f"{tuple(input.shape)}, got {tuple(target.shape)}")
+    if not prob:
+        expected = input.shape[:1] + input.shape[2:] if input.dim() >= 2 else ()
+        if tuple(target.shape) != tuple(expected):
+            raise ValueError(f"fastact.cross_entropy: target must have shape {tuple(expected)} for input "
+                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+    rows, tgt, loss_shape = _as_rows(input, target)
+    loss, _ = _ops.cross_entropy_rows(rows, tgt, weight, int(ignore_index), float(label_smoothing),
+                                      float(z_loss), float(softcap) if softcap is not None else 0.0)
+    if reduction == "none":
+        return loss.view(loss_shape).to(input.dtype)
+    if reduction == "sum":
+        return loss.sum().to(input.dtype)
+    if prob:
+        count = loss.new_tensor(float(loss.numel()))
+    else:
+        counted = tgt != ignore_index
+        if weight is not None:
+            count = (weight.to(loss.dtype)[tgt.clamp(0, rows.shape[1] - 1)] * counted).sum()
+        else:
+            count = counted.sum().to(loss.dtype)
+    return (loss.sum() / count).to(input.dtype)

@@ -1,0 +1,201 @@
+"""cross_entropy against torch over the option matrix: targets, reductions,
+weight, ignore_index, label smoothing, shapes, dtypes, extreme and NaN logits,
+gradients, gradcheck, z-loss and softcap, opcheck, compile, errors."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import fastact.functional as F
+import fastact.nn as fnn
+from conftest import FLOAT_DTYPES, HALF_DTYPES
+
+TF = torch.nn.functional
+OPTIONS = [dict(reduction=r, label_smoothing=ls, weighted=w, ignore=ig)
+           for r, ls, w, ig in itertools.product(("mean", "sum", "none"), (0.0, 0.2), (False, True), (False, True))]
+
+
+def make(shape_n, classes, device, dtype=torch.float32, ignore=False, prob=False, scale=3.0):
+    x = (torch.randn(*shape_n[:1], classes, *shape_n[1:], dtype=torch.float64) * scale).to(dtype).to(device)
+    if prob:
+        t = torch.softmax(torch.randn_like(x, dtype=torch.float64), 1).to(dtype)
+    else:
+        t = torch.randint(0, classes, shape_n, device=device)
+        if ignore and t.numel() > 1:
+            t.view(-1)[::3] = -100
+    return x, t
+
+
+def both(x, t, **kw):
+    """Our and torch's loss and input gradient for the same inputs."""
+    xa = x.detach().clone().requires_grad_(True)
+    xb = x.detach().clone().requires_grad_(True)
+    a = F.cross_entropy(xa, t, **kw)
+    b = TF.cross_entropy(xb, t, **kw)
+    g = torch.randn_like(b) if b.dim() else torch.tensor(1.0, dtype=b.dtype, device=b.device)
+    (ga,) = torch.autograd.grad(a, xa, g)
+    (gb,) = torch.autograd.grad(b, xb, g)
+    return a, ga, b, gb
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("shape,classes", [((16,), 11), ((3, 4, 5), 7), ((), 9), ((5,), 1), ((2,), 50257)],
+                         ids=["NC", "NCd1d2", "C", "C=1", "C=50257"])
+def test_index_targets_match_torch(opt, shape, classes, device):
+    x, t = make(shape, classes, device, ignore=opt["ignore"])
+    if shape == ():
+        x = x.reshape(classes)
+    kw = dict(reduction=opt["reduction"], label_smoothing=opt["label_smoothing"])
+    if opt["weighted"]:
+        kw["weight"] = torch.rand(classes, device=device) + 0.1
+    a, ga, b, gb = both(x, t, **kw)
+    torch.testing.assert_close(a, b, equal_nan=True)
+    torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_probability_targets_match_torch(reduction, smoothing, weighted, device):
+    for shape, classes in (((6,), 13), ((2, 3), 5)):
+        x, t = make(shape, classes, device, prob=True)
+        kw = dict(reduction=reduction, label_smoothing=smoothing)
+        if weighted:
+            kw["weight"] = torch.rand(classes, device=device) + 0.1
+        a, ga, b, gb = both(x, t, **kw)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ga, gb)
+
+
+def test_all_ignored_mean_is_nan_like_torch(device):
+    x, _ = make((4,), 6, device)
+    t = torch.full((4,), -100, device=device)
+    a, ga, b, gb = both(x, t)
+    assert torch.isnan(a) and torch.isnan(b)
+    torch.testing.assert_close(ga, gb, equal_nan=True)
+    a, ga, b, gb = both(x, t, reduction="sum")
+    torch.testing.assert_close(a, b)
+
+
+def test_extreme_and_nan_logits(device):
+    x, t = make((6,), 10, device, scale=1e4)
+    a, ga, b, gb = both(x, t, reduction="none")
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ga, gb)
+    x[2, 3] = float("nan")
+    a, ga, b, gb = both(x, t, reduction="none")
+    torch.testing.assert_close(a, b, equal_nan=True)
+    torch.testing.assert_close(ga, gb, equal_nan=True)
+    assert torch.isnan(a[2]) and torch.isfinite(a[[0, 1, 3, 4, 5]]).all()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_dtypes_against_float64(dtype, device):
+    x, t = make((64,), 1000, device, dtype=dtype)
+    a, ga, b, gb = both(x, t, label_smoothing=0.1)
+    assert a.dtype == dtype and ga.dtype == dtype
+    a64, ga64, _, _ = both(x.double(), t, label_smoothing=0.1)
+    if dtype in HALF_DTYPES:
+        err, err_torch = (a.double() - a64).abs().item(), (b.double() - a64).abs().item()
+        assert err <= 2 * err_torch + 1e-3 * abs(a64.item()) * (dtype == torch.bfloat16), (err, err_torch)
+        gerr = (ga.double() - ga64).abs().max().item()
+        gerr_torch = (gb.double() - ga64).abs().max().item()
+        assert gerr <= 2 * gerr_torch, (gerr, gerr_torch)
+    else:
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ga, gb)
+
+
+def composed(x, t, z_loss=0.0, softcap=None, **kw):
+    """The documented definition in plain torch."""
+    z = softcap * torch.tanh(x / softcap) if softcap else x
+    loss = TF.cross_entropy(z, t, reduction="none", **{k: v for k, v in kw.items() if k != "reduction"})
+    counted = (t != kw.get("ignore_index", -100)).to(loss.dtype)
+    loss = loss + z_loss * torch.logsumexp(z, 1) ** 2 * counted
+    red = kw.get("reduction", "mean")
+    if red == "none":
+        return loss
+    return loss.sum() if red == "sum" else loss.sum() / counted.sum()
+
+
+@pytest.mark.parametrize("z_loss,softcap", [(1e-3, None), (0.0, 5.0), (1e-2, 2.0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_z_loss_and_softcap(z_loss, softcap, reduction, device):
+    x, t = make((12,), 9, device, ignore=True)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    a = F.cross_entropy(xa, t, reduction=reduction, z_loss=z_loss, softcap=softcap)
+    b = composed(xb, t, z_loss=z_loss, softcap=softcap, reduction=reduction)
+    torch.testing.assert_close(a, b)
+    g = torch.randn_like(b)
+    torch.testing.assert_close(torch.autograd.grad(a, xa, g)[0], torch.autograd.grad(b, xb, g)[0])
+
+
+def test_gradcheck(device):
+    x = torch.randn(5, 7, dtype=torch.float64, device=device, requires_grad=True)
+    t = torch.tensor([0, 6, -100, 3, 3], device=device)
+    w = torch.rand(7, dtype=torch.float64, device=device) + 0.5
+    assert torch.autograd.gradcheck(
+        lambda v: F.cross_entropy(v, t, weight=w, label_smoothing=0.1, z_loss=1e-2, softcap=3.0), (x,))
+    y = torch.softmax(torch.randn(5, 7, dtype=torch.float64, device=device), 1)
+    assert torch.autograd.gradcheck(lambda v: F.cross_entropy(v, y, label_smoothing=0.2), (x,))
+
+
+def test_opcheck(device):
+    x = torch.randn(6, 9, device=device, requires_grad=True)
+    t = torch.randint(0, 9, (6,), device=device)
+    w = torch.rand(9, device=device)
+    torch.library.opcheck(torch.ops.fastact.cross_entropy_rows.default, (x, t, w, -100, 0.1, 1e-3, 0.0))
+    torch.library.opcheck(torch.ops.fastact.cross_entropy_rows.default, (x, t, None, 2, 0.0, 0.0, 4.0))
+    _, lse = torch.ops.fastact.cross_entropy_rows(x.detach(), t, None, -100, 0.0, 0.0, 0.0)
+    torch.library.opcheck(torch.ops.fastact.cross_entropy_rows_backward.default,
+                          (torch.rand(6, device=device), x.detach(), t, None, lse, -100, 0.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+    x = torch.randn(8, 33, device=device, requires_grad=True)
+    t = torch.randint(0, 33, (8,), device=device)
+    f = lambda v: F.cross_entropy(v, t, label_smoothing=0.1, z_loss=1e-3)  # noqa: E731
+    y = torch.compile(f, fullgraph=True, backend=backend)(x)
+    (g,) = torch.autograd.grad(y, x)
+    torch.testing.assert_close(y, f(x))
+    torch.testing.assert_close(g, torch.autograd.grad(f(x), x)[0])
+
+
+def test_bad_input_raises(device):
+    x = torch.randn(4, 5, device=device)
+    t = torch.tensor([0, 1, 2, 3], device=device)
+    if device == "cpu":
+        with pytest.raises(IndexError, match="fastact.cross_entropy: target 7"):
+            F.cross_entropy(x, torch.tensor([0, 7, 1, 2]))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        F.cross_entropy(x, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="reduction"):
+        F.cross_entropy(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="target must have shape"):
+        F.cross_entropy(x, t[:3])
+    with pytest.raises(ValueError, match="weight"):
+        F.cross_entropy(x, t, weight=torch.ones(4, device=device))
+    with pytest.raises(TypeError, match="fastact.cross_entropy"):
+        F.cross_entropy(x.long(), t)
+    with pytest.raises(TypeError, match="int64"):
+        F.cross_entropy(x, t.int())
+
+
+def test_module_and_patch():
+    w = torch.rand(5)
+    ours = fnn.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=2)
+    theirs = torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=2)
+    x, t = torch.randn(7, 5), torch.randint(0, 5, (7,))
+    torch.testing.assert_close(ours(x, t), theirs(x, t))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    model = torch.nn.ModuleDict({"loss": torch.nn.CrossEntropyLoss(label_smoothing=0.2)})
+    fnn.patch(model)
+    assert type(model["loss"]) is fnn.CrossEntropyLoss and model.fastact_patched == {"CrossEntropyLoss": 1}
+    torch.testing.assert_close(model["loss"](x, t), TF.cross_entropy(x, t, label_smoothing=0.2))
+    z = fnn.CrossEntropyLoss(z_loss=1e-2, softcap=3.0)
+    torch.testing.assert_close(z(x, t), composed(x, t, z_loss=1e-2, softcap=3.0))
