@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 
 #include "fastact/cross_entropy_ops.h"
@@ -17,38 +18,54 @@ struct RowSums {
   A wy;                 // prob. targets: S = sum_c w_c y'_c
 };
 
-template <class S, class A = at::opmath_type<S>>
+// The row loops are specialized on softcap, class weight and target kind, so
+// each is straight-line code that vectorizes (libmvec exp/tanh).
+template <bool kCap, class A>
+inline A capped(A x, A cap) {
+  if constexpr (kCap) {
+    return cap * ::fastact::math::tanh(x / cap);
+  } else {
+    return x;
+  }
+}
+
+template <bool kCap, bool kWeight, bool kProb, class S, class A = at::opmath_type<S>>
 RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t, const CrossEntropyParams& p) {
   const int64_t C = p.classes;
   const A cap = p.softcap;
+  // The max skips NaN (comparisons with NaN are false); a NaN logit still
+  // makes the row's sum of exponentials, and so its lse and loss, NaN.
   A m = -INFINITY;
-  bool nan = false;
-#pragma omp simd reduction(max : m) reduction(| : nan)
+#pragma omp simd reduction(max : m)
   for (int64_t c = 0; c < C; ++c) {
-    const A z = ce_cap(static_cast<A>(x[c]), cap);
+    const A z = capped<kCap>(static_cast<A>(x[c]), cap);
     m = z > m ? z : m;
-    nan |= z != z;
   }
-  // Blocks of 512 summed in float (SIMD), block sums accumulated in double:
+  // Blocks of 512 summed in opmath (SIMD), block sums accumulated in double:
   // a 50 k-class row summed lane by lane in float drifts by ~1e-5.
   double s = 0.0, wz = 0.0, wy = 0.0;
   const A mm = m == -INFINITY ? A(0) : m;
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+  const bool need_wz = kProb || p.smoothing > 0;
   constexpr int64_t kBlock = 512;
   for (int64_t b = 0; b < C; b += kBlock) {
     const int64_t e = std::min(C, b + kBlock);
     A bs = 0, bwz = 0, bwy = 0;
-#pragma omp simd reduction(+ : bs, bwz, bwy)
-    for (int64_t c = b; c < e; ++c) {
-      const A z = ce_cap(static_cast<A>(x[c]), cap);
-      bs += ::fastact::math::exp(z - mm);
-      const A wc = w ? w[c] : A(1);
-      if (y) {
-        const A yc = keep * static_cast<A>(y[c]) + spread;
-        bwy += wc * yc;
-        bwz += wc * yc * z;
-      } else {
-        bwz += wc * z;
+#pragma omp simd reduction(+ : bs)
+    for (int64_t c = b; c < e; ++c) bs += ::fastact::math::exp(capped<kCap>(static_cast<A>(x[c]), cap) - mm);
+    if (need_wz) {
+#pragma omp simd reduction(+ : bwz, bwy)
+      for (int64_t c = b; c < e; ++c) {
+        const A z = capped<kCap>(static_cast<A>(x[c]), cap);
+        A wc = A(1);
+        if constexpr (kWeight) wc = w[c];
+        if constexpr (kProb) {
+          const A yc = keep * static_cast<A>(y[c]) + spread;
+          bwy += wc * yc;
+          bwz += wc * yc * z;
+        } else {
+          bwz += wc * z;
+        }
       }
     }
     s += bs;
@@ -56,16 +73,40 @@ RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t, const CrossEn
     wy += bwy;
   }
   RowSums<A> r;
-  r.lse = nan ? A(NAN) : (m == -INFINITY ? A(-INFINITY) : m + static_cast<A>(std::log(s)));
+  r.lse = m == -INFINITY ? A(-INFINITY) : m + static_cast<A>(std::log(s));
   r.wz = static_cast<A>(wz);
   r.wy = static_cast<A>(wy);
   r.z_t = 0;
   r.w_t = 1;
-  if (!y && t != p.ignore_index) {
-    r.z_t = ce_cap(static_cast<A>(x[t]), cap);
-    r.w_t = w ? w[t] : A(1);
+  if (!kProb && t != p.ignore_index) {
+    r.z_t = capped<kCap>(static_cast<A>(x[t]), cap);
+    if constexpr (kWeight) r.w_t = w[t];
   }
   return r;
+}
+
+// Calls fn.template operator()<kCap, kWeight, kProb>() for the row loops that fit p.
+template <class Fn>
+void with_row_kind(const CrossEntropyParams& p, Fn&& fn) {
+  auto pick_prob = [&](auto cap, auto weight) {
+    if (p.prob_target) {
+      fn(cap, weight, std::true_type{});
+    } else {
+      fn(cap, weight, std::false_type{});
+    }
+  };
+  auto pick_weight = [&](auto cap) {
+    if (p.has_weight) {
+      pick_prob(cap, std::true_type{});
+    } else {
+      pick_prob(cap, std::false_type{});
+    }
+  };
+  if (p.softcap > 0) {
+    pick_weight(std::true_type{});
+  } else {
+    pick_weight(std::false_type{});
+  }
 }
 
 int64_t checked_target(const int64_t* target, int64_t row, const CrossEntropyParams& p) {
@@ -97,7 +138,11 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
     at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t t = tgt ? checked_target(tgt, r, p) : 0;
-        const RowSums<A> s = row_sums(x + r * p.classes, y ? y + r * p.classes : nullptr, w, t, p);
+        RowSums<A> s;
+        with_row_kind(p, [&](auto cap, auto weight, auto prob) {
+          s = row_sums<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
+              x + r * p.classes, y ? y + r * p.classes : nullptr, w, t, p);
+        });
         out_lse[r] = s.lse;
         if (tgt && t == p.ignore_index) {
           out[r] = 0;
@@ -118,34 +163,43 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
 }
 
 // d(logits) of one row.
-template <class S, class A>
+template <bool kCap, bool kWeight, bool kProb, class S, class A>
 void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r, A W,
                   const CrossEntropyParams& p, S* dr) {
   const int64_t C = p.classes;
   const A cap = p.softcap, keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A sum_wy = 0;
-  if (yr) {
+  if constexpr (kProb) {
 #pragma omp simd reduction(+ : sum_wy)
-    for (int64_t c = 0; c < C; ++c)
-      sum_wy += (w ? w[c] : A(1)) * (keep * static_cast<A>(yr[c]) + spread);
+    for (int64_t c = 0; c < C; ++c) {
+      A wc = A(1);
+      if constexpr (kWeight) wc = w[c];
+      sum_wy += wc * (keep * static_cast<A>(yr[c]) + spread);
+    }
   }
-  const A wt = (!yr && w) ? w[t] : A(1);
+  A wt = A(1);
+  if constexpr (kWeight && !kProb) wt = w[t];
   const A zl = A(2) * A(p.z_loss) * lse_r;
-#pragma GCC ivdep
-  for (int64_t c = 0; c < C; ++c) {
-    const A z = ce_cap(static_cast<A>(xr[c]), cap);
+  // dz_c without the target's one-hot term (no index compare in the SIMD
+  // loop); the target element is redone afterwards with it.
+  auto grad_of = [&](int64_t c, A onehot) {
+    const A z = capped<kCap>(static_cast<A>(xr[c]), cap);
     const A pc = ::fastact::math::exp(z - lse_r);
-    const A wc = w ? w[c] : A(1);
+    A wc = A(1);
+    if constexpr (kWeight) wc = w[c];
     A dz;
-    if (yr) {
+    if constexpr (kProb) {
       dz = sum_wy * pc - wc * (keep * static_cast<A>(yr[c]) + spread);
     } else {
-      dz = keep * wt * (pc - (c == t ? A(1) : A(0))) + spread * (W * pc - wc);
+      dz = keep * wt * (pc - onehot) + spread * (W * pc - wc);
     }
     dz = gr * (dz + zl * pc);
-    const A dcap = cap > A(0) ? A(1) - (z / cap) * (z / cap) : A(1);
-    dr[c] = static_cast<S>(dz * dcap);
-  }
+    if constexpr (kCap) dz *= A(1) - (z / cap) * (z / cap);
+    return dz;
+  };
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) dr[c] = static_cast<S>(grad_of(c, A(0)));
+  if constexpr (!kProb) dr[t] = static_cast<S>(grad_of(t, A(1)));
 }
 
 at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
@@ -178,7 +232,10 @@ at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Ten
           std::fill(out + r * C, out + (r + 1) * C, scalar_t(0));
           continue;
         }
-        row_backward(x + r * C, y ? y + r * C : nullptr, w, t, gp[r], lp[r], W, p, out + r * C);
+        with_row_kind(p, [&](auto cap, auto weight, auto prob) {
+          row_backward<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
+              x + r * C, y ? y + r * C : nullptr, w, t, gp[r], lp[r], W, p, out + r * C);
+        });
       }
     });
   });
