@@ -86,6 +86,14 @@ TORCH_LIBRARY(fastact, m) {
   m.def("cross_entropy_rows_backward(Tensor grad, Tensor logits, Tensor target, Tensor? weight, "
         "Tensor lse, int ignore_index, float label_smoothing, float z_loss, float softcap) -> Tensor");
 
+  // softmax / log_softmax over the last dim of [rows, classes] (log = log_softmax).
+  m.def("softmax_rows(Tensor input, bool log) -> Tensor");
+  m.def("softmax_rows_backward(Tensor grad_output, Tensor output, bool log) -> Tensor");
+
+  // mse_loss's elementwise part (mse_ops.h); the reduction is a torch op.
+  m.def("squared_difference(Tensor input, Tensor target) -> Tensor");
+  m.def("squared_difference_backward(Tensor grad_output, Tensor input, Tensor target) -> (Tensor, Tensor)");
+
   // Introspection for the Python layer, the tests and the benchmarks.
   m.def("_activation_ops() -> str[]", &activation_ops);
   m.def("_glu_ops() -> str[]", &glu_ops);

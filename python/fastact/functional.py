@@ -195,5 +195,7 @@ __all__ += ["dropout", "dropout_add", "bias_dropout_add", "bias_act_dropout", "d
 
 # --- losses (cross_entropy.py) ------------------------------------------------------------
 from .cross_entropy import cross_entropy  # noqa: E402
+from .mse import mse_loss  # noqa: E402
+from .softmax import log_softmax, softmax  # noqa: E402
 
-__all__ += ["cross_entropy"]
+__all__ += ["cross_entropy", "softmax", "log_softmax", "mse_loss"]

@@ -17,7 +17,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
     "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
     "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold",
-    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "patch",
+    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "Softmax", "LogSoftmax", "MSELoss", "patch",
 ]
 
 
@@ -210,6 +210,21 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing,
                                z_loss=getattr(self, "z_loss", 0.0), softcap=getattr(self, "softcap", None))
+
+
+class Softmax(torch.nn.Softmax):
+    def forward(self, input: Tensor) -> Tensor:
+        return F.softmax(input, self.dim)
+
+
+class LogSoftmax(torch.nn.LogSoftmax):
+    def forward(self, input: Tensor) -> Tensor:
+        return F.log_softmax(input, self.dim)
+
+
+class MSELoss(torch.nn.MSELoss):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(input, target, reduction=self.reduction)
 
 
 def _twins() -> dict:

@@ -1,0 +1,105 @@
+"""softmax / log_softmax against torch: any dim, dtypes, shapes, special values,
+gradients, gradcheck, opcheck, compile, modules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastact.functional as F
+import fastact.nn as fnn
+from conftest import FLOAT_DTYPES, HALF_DTYPES, assert_matches
+
+TF = torch.nn.functional
+FNS = ["softmax", "log_softmax"]
+
+
+@pytest.mark.parametrize("fn", FNS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((7,), 0), ((4, 33), -1), ((4, 33), 0), ((2, 3, 5), 1),
+                                       ((3, 0, 4), -1), ((), 0), ((2, 50257), 1)], ids=str)
+def test_matches_torch(fn, dtype, shape, dim, device):
+    x = (torch.randn(shape, dtype=torch.float64) * 4).to(dtype).to(device)
+    if x.numel() > 8:
+        x.view(-1)[:3] = torch.tensor([1e4, -1e4, -float("inf")], dtype=dtype)
+
+    def run(f, t):
+        t = t.detach().clone().requires_grad_(True)
+        y = f(t, dim)
+        g = torch.ones_like(y) if y.dim() == 0 else torch.linspace(-1, 1, y.numel(), device=device).view(y.shape).to(y.dtype)
+        return y.detach(), torch.autograd.grad(y, t, g)[0]
+
+    y, g = run(getattr(F, fn), x)
+    try:
+        yt, gt = run(getattr(TF, fn), x)
+    except RuntimeError:
+        yt, gt = (v.to(dtype) for v in run(getattr(TF, fn), x.float()))
+    y64, g64 = run(getattr(TF, fn), x.double())
+    assert_matches(y, yt, y64 if dtype != torch.float64 else None)
+    assert_matches(g, gt, g64 if dtype != torch.float64 else None)
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_gradcheck_opcheck_compile(fn, device):
+    x = torch.randn(3, 6, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: getattr(F, fn)(t, 1), (x,))
+    assert torch.autograd.gradcheck(lambda t: getattr(F, fn)(t, 0), (x,))
+    xf = x.detach().float().requires_grad_(True)
+    torch.library.opcheck(torch.ops.fastact.softmax_rows.default, (xf, fn == "log_softmax"))
+    torch._dynamo.reset()
+    f = lambda t: getattr(F, fn)(t, -1) * 2  # noqa: E731
+    y = torch.compile(f, fullgraph=True, backend="aot_eager")(xf)
+    torch.testing.assert_close(y, f(xf))
+
+
+def test_dtype_argument_and_nan_row(device):
+    x = torch.randn(4, 9, device=device, dtype=torch.bfloat16)
+    torch.testing.assert_close(F.softmax(x, -1, dtype=torch.float32), TF.softmax(x, -1, dtype=torch.float32))
+    y = torch.randn(3, 5, device=device)
+    y[1, 2] = float("nan")
+    torch.testing.assert_close(F.log_softmax(y, 1), TF.log_softmax(y, 1), equal_nan=True)
+
+
+def test_modules():
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(fnn.Softmax(1)(x), torch.nn.Softmax(1)(x))
+    torch.testing.assert_close(fnn.LogSoftmax(-1)(x), torch.nn.LogSoftmax(-1)(x))
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LogSoftmax(-1))
+    fnn.patch(m)
+    assert type(m[1]) is fnn.LogSoftmax
+
+
+# --- mse_loss ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (4, 33), (3, 70001)], ids=str)
+def test_mse_loss_matches_torch(reduction, dtype, shape, device):
+    x = torch.randn(shape, device=device).to(dtype)
+    t = torch.randn(shape, device=device).to(dtype)
+
+    def run(f, a, b):
+        a, b = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+        y = f(a, b, reduction=reduction)
+        g = torch.ones_like(y) * 0.5
+        return (y.detach(), *torch.autograd.grad(y, (a, b), g))
+
+    ours = run(F.mse_loss, x, t)
+    theirs = run(TF.mse_loss, x, t)
+    ref = run(TF.mse_loss, x.double(), t.double())
+    for o, th, r in zip(ours, theirs, ref):
+        if dtype in HALF_DTYPES and o.dim() == 0:  # a mean or sum of many rounded terms
+            torch.testing.assert_close(o, th, rtol=1e-2, atol=1e-2, equal_nan=True)
+        else:
+            assert_matches(o, th, r if dtype != torch.float64 else None)
+
+
+def test_mse_loss_misc(device):
+    x = torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    t = torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: F.mse_loss(a, b), (x, t))
+    torch.library.opcheck(torch.ops.fastact.squared_difference.default, (x.float(), t.float()))
+    with pytest.warns(UserWarning, match="target size"):
+        torch.testing.assert_close(F.mse_loss(x, t[:1]), TF.mse_loss(x, t[:1].expand_as(x)))
+    with pytest.raises(ValueError, match="reduction"):
+        F.mse_loss(x, t, reduction="avg")
+    torch.testing.assert_close(fnn.MSELoss(reduction="sum")(x, t), torch.nn.MSELoss(reduction="sum")(x, t))
