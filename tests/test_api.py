@@ -16,7 +16,8 @@ import fastact.nn as fnn
 
 MIRRORED = ["relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu",
             "mish", "logsigmoid", "hardswish", "hardsigmoid", "hardtanh", "softplus", "softshrink",
-            "hardshrink", "tanhshrink", "softsign", "threshold", "glu"]
+            "hardshrink", "tanhshrink", "softsign", "threshold", "glu", "softmax", "log_softmax",
+            "mse_loss"]
 EXTRA = {
     "swish": ["input", "beta"], "quick_gelu": ["input"], "squared_relu": ["input"],
     "swiglu": ["gate", "up", "dim"], "geglu": ["gate", "up", "dim", "approximate"],
@@ -26,11 +27,14 @@ EXTRA = {
     "bias_dropout_add": ["input", "bias", "residual", "p", "training", "generator"],
     "bias_act_dropout": ["input", "bias", "activation", "p", "training", "generator"],
     "dropout_mask": ["shape", "p", "seed", "offset", "device"],
+    "cross_entropy": ["input", "target", "weight", "ignore_index", "reduction", "label_smoothing",
+                      "z_loss", "softcap"],
 }
 MODULES = ["ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
            "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
            "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold", "GLU",
-           "Dropout", "Swish", "QuickGELU", "SquaredReLU", "SwiGLU"]
+           "Dropout", "Swish", "QuickGELU", "SquaredReLU", "SwiGLU", "CrossEntropyLoss", "MSELoss",
+           "Softmax", "LogSoftmax"]
 
 
 def params(fn):
@@ -67,6 +71,9 @@ def test_defaults_of_extras():
     b = inspect.signature(F.bias_act_dropout).parameters
     assert b["bias"].default is None and b["activation"].default == "gelu"
     assert inspect.signature(F.geglu).parameters["approximate"].default == "none"
+    ce = inspect.signature(F.cross_entropy).parameters
+    assert ce["ignore_index"].default == -100 and ce["reduction"].default == "mean"
+    assert ce["z_loss"].kind is inspect.Parameter.KEYWORD_ONLY and ce["softcap"].default is None
 
 
 @pytest.mark.parametrize("name", MODULES)

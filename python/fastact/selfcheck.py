@@ -109,6 +109,30 @@ def _dropout_case(device: str) -> Optional[str]:
         _compare("bias_act_dropout grad bias", gb, gbr, 1e-4, 1e-4)
 
 
+def _losses_case(device: str) -> Optional[str]:
+    x = torch.randn(32, 1000, device=device, requires_grad=True)
+    t = torch.randint(0, 1000, (32,), device=device)
+    t[3] = -100
+    w = torch.rand(1000, device=device)
+    problems = []
+    for name, ours, ref in (
+        ("cross_entropy", lambda v: F.cross_entropy(v, t, weight=w, label_smoothing=0.1),
+         lambda v: torch.nn.functional.cross_entropy(v, t, weight=w, label_smoothing=0.1)),
+        ("log_softmax", lambda v: (F.log_softmax(v, 1) * w).sum(), lambda v: (torch.log_softmax(v, 1) * w).sum()),
+        ("softmax", lambda v: (F.softmax(v, 0) * w).sum(), lambda v: (torch.softmax(v, 0) * w).sum()),
+        ("mse_loss", lambda v: F.mse_loss(v, v.detach().flip(0)), lambda v: torch.nn.functional.mse_loss(v, v.detach().flip(0))),
+    ):
+        a = ours(x)
+        (ga,) = torch.autograd.grad(a, x)
+        b = ref(x)
+        (gb,) = torch.autograd.grad(b, x)
+        msg = _compare(f"{name} forward", a.detach(), b.detach(), 1e-4, 1e-5) or \
+            _compare(f"{name} backward", ga, gb, 1e-4, 1e-6)
+        if msg:
+            problems.append(msg)
+    return "; ".join(problems) or None
+
+
 def cases() -> Iterator[tuple[str, Case]]:
     for name in ACTIVATIONS:
         for params in R.params(name):
@@ -120,6 +144,7 @@ def cases() -> Iterator[tuple[str, Case]]:
             yield f"{name}{list(params) if params else ''}", _glu_case(name, params)
     yield "glu", _glu_case_torch
     yield "dropout family", _dropout_case
+    yield "losses", _losses_case
 
 
 def devices() -> list[str]:
