@@ -198,4 +198,7 @@ from .cross_entropy import cross_entropy  # noqa: E402
 from .mse import mse_loss  # noqa: E402
 from .softmax import log_softmax, softmax  # noqa: E402
 
-__all__ += ["cross_entropy", "softmax", "log_softmax", "mse_loss"]
+from .linear_ce import linear_cross_entropy, vocab_parallel_cross_entropy  # noqa: E402
+
+__all__ += ["cross_entropy", "softmax", "log_softmax", "mse_loss", "linear_cross_entropy",
+            "vocab_parallel_cross_entropy"]

@@ -17,7 +17,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
     "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
     "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold",
-    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "Softmax", "LogSoftmax", "MSELoss", "patch",
+    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "Softmax", "LogSoftmax", "MSELoss", "LinearCrossEntropyLoss", "patch",
 ]
 
 
@@ -225,6 +225,21 @@ class LogSoftmax(torch.nn.LogSoftmax):
 class MSELoss(torch.nn.MSELoss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """``linear_cross_entropy`` as a module: ``forward(hidden, weight, target, bias=None)``."""
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                 z_loss: float = 0.0, softcap=None, chunk_size=None) -> None:
+        super().__init__()
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
+
+    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias=None) -> Tensor:
+        return F.linear_cross_entropy(hidden, weight, target, bias, self.ignore_index, self.reduction,
+                                      self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+                                      chunk_size=self.chunk_size)
 
 
 def _twins() -> dict:
