@@ -14,6 +14,7 @@ import torch  # noqa: E402
 import bench_activations  # noqa: E402
 import bench_dropout  # noqa: E402
 import bench_glu  # noqa: E402
+import bench_linear_ce  # noqa: E402
 import bench_losses  # noqa: E402
 from harness import Timer, context, copy_bandwidth, markdown_table, write_results  # noqa: E402
 
@@ -34,7 +35,8 @@ def main() -> int:
     dtypes = (torch.float32, torch.bfloat16) if (args.full or device == "cuda") else (torch.float32,)
 
     families = [("activations", bench_activations), ("glu", bench_glu), ("dropout", bench_dropout),
-                ("losses", bench_losses)]
+                ("losses", bench_losses),
+                ("linear_ce", bench_linear_ce)]
     rows = []
     for label, module in families:
         progress, bar = None, None

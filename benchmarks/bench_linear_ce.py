@@ -1,0 +1,90 @@
+"""Fused linear cross-entropy vs matmul + cross_entropy (and Liger's fused
+linear cross-entropy on CUDA when importable): forward+backward time and peak
+memory (CUDA: max_memory_allocated; CPU: peak RSS of a fresh subprocess)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+import fastact.functional as F
+
+from harness import Row
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_SIZE = (2048, 512, 32000)
+GPU_SIZE = (8192, 4096, 128256)
+
+_PEAK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {python!r})
+import fastact.functional as F
+n, h, v = {size}
+torch.manual_seed(0)
+x = torch.randn(n, h, requires_grad=True)
+w = (torch.randn(v, h) / h ** 0.5).requires_grad_(True)
+t = torch.randint(0, v, (n,))
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS (VmHWM) to the current RSS
+before = status("VmRSS")
+if {fused}:
+    loss = F.linear_cross_entropy(x, w, t)
+else:
+    loss = torch.nn.functional.cross_entropy(x @ w.t(), t)
+loss.backward()
+print(status("VmHWM") - before)
+"""
+
+
+def cpu_peak_mb(fused: bool, size) -> float:
+    code = _PEAK_SCRIPT.format(python=os.path.join(ROOT, "python"), size=tuple(size), fused=fused)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def liger():
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except Exception:
+        return None
+    return LigerFusedLinearCrossEntropyLoss()
+
+
+def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None):
+    n, h, v = GPU_SIZE if device == "cuda" else CPU_SIZE
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x = torch.randn(n, h, device=device, dtype=dtype, requires_grad=True)
+    w = (torch.randn(v, h, device=device, dtype=dtype) / h ** 0.5).requires_grad_(True)
+    t = torch.randint(0, v, (n,), device=device)
+    impls = {"fastact": lambda: F.linear_cross_entropy(x, w, t),
+             "eager": lambda: torch.nn.functional.cross_entropy((x @ w.t()).float(), t)}
+    lg = liger() if device == "cuda" else None
+    if lg is not None:
+        impls["liger"] = lambda: lg(w, x, t)
+    rows, eager_ms = [], None
+    logits_mb = n * v * x.element_size() / 2**20
+    for impl, f in impls.items():
+        fn = lambda: torch.autograd.grad(f(), (x, w))  # noqa: E731
+        ms = timer(fn)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            peak = cpu_peak_mb(impl == "fastact", (n, h, v)) if impl in ("fastact", "eager") else None
+        eager_ms = ms if impl == "eager" else eager_ms
+        rows.append(Row(op=f"linear_cross_entropy[N={n},H={h},V={v}]", case="fwd+bwd", impl=impl,
+                        dtype=str(dtype).replace("torch.", ""), shape=f"({n}, {h}) x ({v}, {h})", ms=ms,
+                        gbps=0.0, pct_copy=0.0, peak_mb=peak, extra={"logits_mb": logits_mb}))
+        if progress:
+            progress()
+    for r in rows:
+        r.speedup_vs_eager = eager_ms / r.ms
+    return rows
