@@ -11,43 +11,19 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/sum.h>
 
+#include "cuda/block_reduce.cuh"
 #include "fastact/cross_entropy_ops.h"
 
 namespace fastact {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kRowThreads;
 
 template <class A>
 struct RowPartial {
   OnlineLse<A> lse;
   A wz, wy;
 };
-
-template <class A>
-__device__ RowPartial<A> block_reduce(RowPartial<A> v) {
-  __shared__ A m[kThreads], s[kThreads], wz[kThreads], wy[kThreads];
-  const int tid = threadIdx.x;
-  m[tid] = v.lse.m;
-  s[tid] = v.lse.s;
-  wz[tid] = v.wz;
-  wy[tid] = v.wy;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (tid < half) {
-      OnlineLse<A> a{m[tid], s[tid]}, b{m[tid + half], s[tid + half]};
-      a.merge(b);
-      m[tid] = a.m;
-      s[tid] = a.s;
-      wz[tid] += wz[tid + half];
-      wy[tid] += wy[tid + half];
-    }
-    __syncthreads();
-  }
-  RowPartial<A> out{OnlineLse<A>{m[0], s[0]}, wz[0], wy[0]};
-  __syncthreads();
-  return out;
-}
 
 template <class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
@@ -75,7 +51,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   nan = __syncthreads_or(nan);
-  const RowPartial<A> row = block_reduce(part);
+  const RowPartial<A> row{block_lse(part.lse), block_sum(part.wz), yr ? block_sum(part.wy) : A(0)};
   if (threadIdx.x != 0) return;
   const A lse = nan ? A(NAN) : row.lse.value();
   lse_out[r] = lse;
@@ -120,10 +96,10 @@ __global__ void __launch_bounds__(kThreads)
   }
   A sum_wy = 0;
   if (yr) {
-    RowPartial<A> part{OnlineLse<A>{}, A(0), A(0)};
+    A part = 0;
     for (int64_t c = threadIdx.x; c < C; c += kThreads)
-      part.wy += (w ? w[c] : A(1)) * (keep * static_cast<A>(yr[c]) + spread);
-    sum_wy = block_reduce(part).wy;
+      part += (w ? w[c] : A(1)) * (keep * static_cast<A>(yr[c]) + spread);
+    sum_wy = block_sum(part);
   }
   const A g = grad[r], l = lse[r];
   const A wt = (!yr && w) ? w[t] : A(1);

@@ -7,45 +7,13 @@
 #include <torch/library.h>
 
 #include "fastact/checks.h"
-#include "fastact/cross_entropy_ops.h"
+#include "cuda/block_reduce.cuh"
 #include "fastact/dispatch.h"
 
 namespace fastact {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <class A>
-__device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
-  __shared__ A m[kThreads], s[kThreads];
-  const int tid = threadIdx.x;
-  m[tid] = v.m;
-  s[tid] = v.s;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (tid < half) {
-      OnlineLse<A> a{m[tid], s[tid]}, b{m[tid + half], s[tid + half]};
-      a.merge(b);
-      m[tid] = a.m;
-      s[tid] = a.s;
-    }
-    __syncthreads();
-  }
-  return OnlineLse<A>{m[0], s[0]};
-}
-
-template <class A>
-__device__ A block_sum(A v) {
-  __shared__ A s[kThreads];
-  const int tid = threadIdx.x;
-  s[tid] = v;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (tid < half) s[tid] += s[tid + half];
-    __syncthreads();
-  }
-  return s[0];
-}
+constexpr int kThreads = kRowThreads;
 
 template <class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads) softmax_kernel(const S* x, S* y, int64_t C, bool log) {
