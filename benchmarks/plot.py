@@ -39,6 +39,8 @@ def plot(results_json: str) -> list[str]:
         ax.set_xticklabels([f"{op}\n{dt} {shape}" for op, dt, shape in keys], rotation=60, ha="right",
                            fontsize=7)
         ax.set_ylabel(label)
+        if metric == "ms":  # ops range from milliseconds to seconds
+            ax.set_yscale("log")
         ax.set_title(f"{ctx['device_name']} · torch {ctx['torch']} · fastact @ {ctx['commit']}", fontsize=9)
         ax.legend()
         fig.tight_layout()
