@@ -117,6 +117,32 @@ int64_t checked_target(const int64_t* target, int64_t row, const CrossEntropyPar
   return t;
 }
 
+// What the row loops read: logits, target (indices or probabilities), and the
+// class weights in the opmath type with their sum W (C when absent).
+template <class S, class A = at::opmath_type<S>>
+struct RowInputs {
+  at::Tensor weight;  // keeps the converted weights alive
+  const A* w = nullptr;
+  A W;
+  const S* x;
+  const S* y = nullptr;
+  const int64_t* tgt = nullptr;
+
+  explicit RowInputs(const CrossEntropyArgs& a)
+      : W(static_cast<A>(a.p.classes)), x(a.logits.const_data_ptr<S>()) {
+    if (a.p.has_weight) {
+      weight = a.weight.to(c10::CppTypeToScalarType<A>::value);
+      w = weight.const_data_ptr<A>();
+      W = weight.sum().item<A>();
+    }
+    if (a.p.prob_target) {
+      y = a.target.const_data_ptr<S>();
+    } else {
+      tgt = a.target.const_data_ptr<int64_t>();
+    }
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, double smoothing, double z_loss, double softcap) {
@@ -127,36 +153,33 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
   at::Tensor lse = at::empty({p.rows}, a.logits.options().dtype(acc));
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
-    const at::Tensor wt = p.has_weight ? a.weight.to(acc) : at::Tensor();
-    const A* w = p.has_weight ? wt.const_data_ptr<A>() : nullptr;
-    const A W = p.has_weight ? wt.sum().item<A>() : static_cast<A>(p.classes);
-    const scalar_t* x = a.logits.const_data_ptr<scalar_t>();
-    const scalar_t* y = p.prob_target ? a.target.const_data_ptr<scalar_t>() : nullptr;
-    const int64_t* tgt = p.prob_target ? nullptr : a.target.const_data_ptr<int64_t>();
+    const RowInputs<scalar_t> in(a);
     A* out = loss.mutable_data_ptr<A>();
     A* out_lse = lse.mutable_data_ptr<A>();
-    at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t t = tgt ? checked_target(tgt, r, p) : 0;
-        RowSums<A> s;
-        with_row_kind(p, [&](auto cap, auto weight, auto prob) {
-          s = row_sums<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
-              x + r * p.classes, y ? y + r * p.classes : nullptr, w, t, p);
-        });
-        out_lse[r] = s.lse;
-        if (tgt && t == p.ignore_index) {
-          out[r] = 0;
-          continue;
+    const int64_t C = p.classes;
+    // the loop specialization is chosen once per call, not per row
+    with_row_kind(p, [&](auto cap, auto weight, auto prob) {
+      at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t t = in.tgt ? checked_target(in.tgt, r, p) : 0;
+          const RowSums<A> s =
+              row_sums<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
+                  in.x + r * C, in.y ? in.y + r * C : nullptr, in.w, t, p);
+          out_lse[r] = s.lse;
+          if (in.tgt && t == p.ignore_index) {
+            out[r] = 0;
+            continue;
+          }
+          A l;
+          if (in.y) {
+            l = s.wy * s.lse - s.wz;
+          } else {
+            l = (A(1) - A(p.smoothing)) * s.w_t * (s.lse - s.z_t) +
+                A(p.smoothing) / static_cast<A>(C) * (in.W * s.lse - s.wz);
+          }
+          out[r] = l + A(p.z_loss) * s.lse * s.lse;
         }
-        A l;
-        if (y) {
-          l = s.wy * s.lse - s.wz;
-        } else {
-          l = (A(1) - A(p.smoothing)) * s.w_t * (s.lse - s.z_t) +
-              A(p.smoothing) / static_cast<A>(p.classes) * (W * s.lse - s.wz);
-        }
-        out[r] = l + A(p.z_loss) * s.lse * s.lse;
-      }
+      });
     });
   });
   return {loss, lse};
@@ -215,28 +238,24 @@ at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Ten
   at::Tensor dx = at::empty_like(a.logits);
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
-    const at::Tensor wt = p.has_weight ? a.weight.to(acc) : at::Tensor();
-    const A* w = p.has_weight ? wt.const_data_ptr<A>() : nullptr;
-    const A W = p.has_weight ? wt.sum().item<A>() : static_cast<A>(p.classes);
-    const scalar_t* x = a.logits.const_data_ptr<scalar_t>();
-    const scalar_t* y = p.prob_target ? a.target.const_data_ptr<scalar_t>() : nullptr;
-    const int64_t* tgt = p.prob_target ? nullptr : a.target.const_data_ptr<int64_t>();
+    const RowInputs<scalar_t> in(a);
     const A* gp = g.const_data_ptr<A>();
     const A* lp = l.const_data_ptr<A>();
     scalar_t* out = dx.mutable_data_ptr<scalar_t>();
     const int64_t C = p.classes;
-    at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t t = tgt ? checked_target(tgt, r, p) : -1;
-        if (tgt && t == p.ignore_index) {
-          std::fill(out + r * C, out + (r + 1) * C, scalar_t(0));
-          continue;
-        }
-        with_row_kind(p, [&](auto cap, auto weight, auto prob) {
+    with_row_kind(p, [&](auto cap, auto weight, auto prob) {
+      at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t t = in.tgt ? checked_target(in.tgt, r, p) : -1;
+          if (in.tgt && t == p.ignore_index) {
+            std::fill(out + r * C, out + (r + 1) * C, scalar_t(0));
+            continue;
+          }
           row_backward<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
-              x + r * C, y ? y + r * C : nullptr, w, t, gp[r], lp[r], W, p, out + r * C);
-        });
-      }
+              in.x + r * C, in.y ? in.y + r * C : nullptr, in.w, t, gp[r], lp[r], in.W, p,
+              out + r * C);
+        }
+      });
     });
   });
   return dx;
