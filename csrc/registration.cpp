@@ -85,6 +85,10 @@ TORCH_LIBRARY(fastact, m) {
         "float label_smoothing, float z_loss, float softcap) -> (Tensor, Tensor)");
   m.def("cross_entropy_rows_backward(Tensor grad, Tensor logits, Tensor target, Tensor? weight, "
         "Tensor lse, int ignore_index, float label_smoothing, float z_loss, float softcap) -> Tensor");
+  // The same, overwriting the (contiguous) logits with their gradient: the
+  // fused linear cross-entropy reuses its chunk buffer.
+  m.def("cross_entropy_rows_backward_(Tensor grad, Tensor(a!) logits, Tensor target, Tensor? weight, "
+        "Tensor lse, int ignore_index, float label_smoothing, float z_loss, float softcap) -> ()");
 
   // softmax / log_softmax over the last dim of [rows, classes] (log = log_softmax).
   m.def("softmax_rows(Tensor input, bool log) -> Tensor");

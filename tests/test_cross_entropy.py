@@ -154,6 +154,33 @@ def test_opcheck(device):
                           (torch.rand(6, device=device), x.detach(), t, None, lse, -100, 0.0, 0.0, 0.0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["index", "weight-smooth-softcap", "prob"])
+def test_inplace_backward_equals_out_of_place(case, dtype, device):
+    # the fused linear cross-entropy overwrites its chunk of logits with their
+    # gradient; odd V and a misaligned row start exercise the vector edges
+    x = torch.randn(5, 50257 if case == "index" else 37, device=device).to(dtype)[:, 1:]
+    x = x.contiguous()
+    c = x.shape[1]
+    w = torch.rand(c, device=device) if case != "index" else None
+    t = torch.softmax(torch.randn(5, c, device=device), 1).to(dtype) if case == "prob" \
+        else torch.tensor([0, c - 1, -100, 3, 7], device=device)
+    opts = (-100, 0.1, 1e-3, 4.0) if case == "weight-smooth-softcap" else (-100, 0.0, 1e-3, 0.0)
+    _, lse = torch.ops.fastact.cross_entropy_rows(x, t, w, *opts)
+    g = torch.rand(5, device=device)
+    expected = torch.ops.fastact.cross_entropy_rows_backward(g, x, t, w, lse, *opts)
+    y = x.clone()
+    torch.ops.fastact.cross_entropy_rows_backward_(g, y, t, w, lse, *opts)
+    assert torch.equal(y, expected)
+    if case == "index":
+        assert (y[2] == 0).all()  # the ignored row
+    torch.library.opcheck(torch.ops.fastact.cross_entropy_rows_backward_.default, (g, x.clone(), t, w, lse, *opts))
+    with pytest.raises(ValueError, match="contiguous"):
+        torch.ops.fastact.cross_entropy_rows_backward_(g, x.t(), t, w, lse, *opts)
+    with pytest.raises(ValueError, match="grad must have shape"):
+        torch.ops.fastact.cross_entropy_rows_backward(g[:3], x, t, w, lse, *opts)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_fullgraph(backend, device):
     torch._dynamo.reset()

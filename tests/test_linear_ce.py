@@ -61,6 +61,62 @@ def test_bf16_error_against_float64():
     assert err <= 2 * err_torch + 1e-3, (err, err_torch)
 
 
+def _bf16_weight_grad_errors(chunk, accum_dtype):
+    """Relative error vs float64 of grad_weight: fastact's and torch's unfused."""
+    torch.manual_seed(2)
+    h = torch.randn(512, 64).bfloat16()
+    w = (torch.randn(700, 64) / 4).bfloat16()
+    t = torch.randint(0, 700, (512,))
+    w64 = w.double().requires_grad_(True)
+    unfused(h.double(), w64, t).backward()
+
+    def err(g):
+        return ((g.double() - w64.grad).norm() / w64.grad.norm()).item()
+    wt = w.clone().requires_grad_(True)
+    unfused(h, wt, t).backward()
+    wf = w.clone().requires_grad_(True)
+    F.linear_cross_entropy(h, wf, t, chunk_size=chunk, accum_dtype=accum_dtype).backward()
+    assert wf.grad.dtype == torch.bfloat16
+    return err(wf.grad), err(wt.grad)
+
+
+@pytest.mark.parametrize("chunk", [512, 32])
+def test_bf16_weight_grad_float32_accumulation(chunk):
+    # accum_dtype=float32: as precise as the unfused matmul + cross_entropy
+    ours, theirs = _bf16_weight_grad_errors(chunk, torch.float32)
+    assert ours <= 2 * theirs, (ours, theirs)
+
+
+def test_bf16_weight_grad_default_accumulation():
+    # default: accumulated in bf16, one rounding per chunk. One chunk is the
+    # unfused computation. k = 16 chunks add k independent roundings of the
+    # running sum, each uniform within half a bf16 ulp (rms 2^-8 / sqrt(12)
+    # relative): sqrt(k) of those (with a 1.5 margin) on top of torch's error.
+    one, theirs = _bf16_weight_grad_errors(512, None)
+    assert one <= 2 * theirs, (one, theirs)
+    many, theirs = _bf16_weight_grad_errors(32, None)
+    assert many <= theirs + 1.5 * 16 ** 0.5 * 2.0 ** -8 / 12 ** 0.5, (many, theirs)
+
+
+def test_autocast_and_dtypes():
+    h = torch.randn(40, 16, requires_grad=True)
+    w = (torch.randn(90, 16) / 4).requires_grad_(True)
+    t = torch.randint(0, 90, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = F.linear_cross_entropy(h, w, t, chunk_size=16)
+        ref = TF.cross_entropy(TF.linear(h, w), t)
+    assert ours.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, atol=2e-2, rtol=0)
+    gh, gw = torch.autograd.grad(ours, (h, w))
+    rh, rw = torch.autograd.grad(ref, (h, w))
+    assert gh.dtype == gw.dtype == torch.float32
+    assert (gw - rw).norm() <= 0.05 * rw.norm() and (gh - rh).norm() <= 0.05 * rh.norm()
+    with pytest.raises(ValueError, match="one dtype"):
+        F.linear_cross_entropy(h, w.double(), t)
+    with pytest.raises(ValueError, match="accum_dtype"):
+        F.linear_cross_entropy(h, w, t, accum_dtype=torch.int32)
+
+
 def test_gradcheck_and_module():
     h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)

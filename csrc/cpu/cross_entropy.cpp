@@ -117,30 +117,13 @@ int64_t checked_target(const int64_t* target, int64_t row, const CrossEntropyPar
   return t;
 }
 
-// What the row loops read: logits, target (indices or probabilities), and the
-// class weights in the opmath type with their sum W (C when absent).
+// The row loops' inputs, with the class-weight sum read on the host.
 template <class S, class A = at::opmath_type<S>>
-struct RowInputs {
-  at::Tensor weight;  // keeps the converted weights alive
-  const A* w = nullptr;
-  A W;
-  const S* x;
-  const S* y = nullptr;
-  const int64_t* tgt = nullptr;
-
+struct RowInputs : CrossEntropyInputs<S> {
+  A total_weight;
   explicit RowInputs(const CrossEntropyArgs& a)
-      : W(static_cast<A>(a.p.classes)), x(a.logits.const_data_ptr<S>()) {
-    if (a.p.has_weight) {
-      weight = a.weight.to(c10::CppTypeToScalarType<A>::value);
-      w = weight.const_data_ptr<A>();
-      W = weight.sum().item<A>();
-    }
-    if (a.p.prob_target) {
-      y = a.target.const_data_ptr<S>();
-    } else {
-      tgt = a.target.const_data_ptr<int64_t>();
-    }
-  }
+      : CrossEntropyInputs<S>(a),
+        total_weight(this->W ? *this->W : static_cast<A>(a.p.classes)) {}
 };
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
@@ -175,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
             l = s.wy * s.lse - s.wz;
           } else {
             l = (A(1) - A(p.smoothing)) * s.w_t * (s.lse - s.z_t) +
-                A(p.smoothing) / static_cast<A>(C) * (in.W * s.lse - s.wz);
+                A(p.smoothing) / static_cast<A>(C) * (in.total_weight * s.lse - s.wz);
           }
           out[r] = l + A(p.z_loss) * s.lse * s.lse;
         }
@@ -185,7 +168,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
   return {loss, lse};
 }
 
-// d(logits) of one row.
+// d(logits) of one row; dr may alias xr (the in-place op): each element is
+// read before it is written, and the target's element is computed first.
 template <bool kCap, bool kWeight, bool kProb, class S, class A>
 void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r, A W,
                   const CrossEntropyParams& p, S* dr) {
@@ -204,7 +188,7 @@ void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r
   if constexpr (kWeight && !kProb) wt = w[t];
   const A zl = A(2) * A(p.z_loss) * lse_r;
   // dz_c without the target's one-hot term (no index compare in the SIMD
-  // loop); the target element is redone afterwards with it.
+  // loop); the target element is computed with it beforehand.
   auto grad_of = [&](int64_t c, A onehot) {
     const A z = capped<kCap>(static_cast<A>(xr[c]), cap);
     const A pc = ::fastact::math::exp(z - lse_r);
@@ -220,9 +204,42 @@ void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r
     if constexpr (kCap) dz *= A(1) - (z / cap) * (z / cap);
     return dz;
   };
+  A d_t = 0;
+  if constexpr (!kProb) d_t = grad_of(t, A(1));
 #pragma GCC ivdep
   for (int64_t c = 0; c < C; ++c) dr[c] = static_cast<S>(grad_of(c, A(0)));
-  if constexpr (!kProb) dr[t] = static_cast<S>(grad_of(t, A(1)));
+  if constexpr (!kProb) dr[t] = static_cast<S>(d_t);
+}
+
+// Writes d(logits) into out ([rows, C], contiguous; may be a.logits itself).
+void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::Tensor& lse,
+                   const at::Tensor& out) {
+  const CrossEntropyParams& p = a.p;
+  const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor g = grad.to(acc).contiguous();
+  at::Tensor l = lse.to(acc).contiguous();
+  FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const RowInputs<scalar_t> in(a);
+    const A* gp = g.const_data_ptr<A>();
+    const A* lp = l.const_data_ptr<A>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const int64_t C = p.classes;
+    with_row_kind(p, [&](auto cap, auto weight, auto prob) {
+      at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t t = in.tgt ? checked_target(in.tgt, r, p) : -1;
+          if (in.tgt && t == p.ignore_index) {
+            std::fill(dst + r * C, dst + (r + 1) * C, scalar_t(0));
+            continue;
+          }
+          row_backward<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
+              in.x + r * C, in.y ? in.y + r * C : nullptr, in.w, t, gp[r], lp[r], in.total_weight, p,
+              dst + r * C);
+        }
+      });
+    });
+  });
 }
 
 at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
@@ -230,35 +247,24 @@ at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Ten
                                            const std::optional<at::Tensor>& weight,
                                            const at::Tensor& lse, int64_t ignore_index,
                                            double smoothing, double z_loss, double softcap) {
-  CrossEntropyArgs a = cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
-  const CrossEntropyParams& p = a.p;
-  const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor g = grad.to(acc).contiguous();
-  at::Tensor l = lse.to(acc).contiguous();
+  const CrossEntropyArgs a =
+      cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
+  check_rows_grad(grad, lse, a);
   at::Tensor dx = at::empty_like(a.logits);
-  FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const RowInputs<scalar_t> in(a);
-    const A* gp = g.const_data_ptr<A>();
-    const A* lp = l.const_data_ptr<A>();
-    scalar_t* out = dx.mutable_data_ptr<scalar_t>();
-    const int64_t C = p.classes;
-    with_row_kind(p, [&](auto cap, auto weight, auto prob) {
-      at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t t = in.tgt ? checked_target(in.tgt, r, p) : -1;
-          if (in.tgt && t == p.ignore_index) {
-            std::fill(out + r * C, out + (r + 1) * C, scalar_t(0));
-            continue;
-          }
-          row_backward<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
-              in.x + r * C, in.y ? in.y + r * C : nullptr, in.w, t, gp[r], lp[r], in.W, p,
-              out + r * C);
-        }
-      });
-    });
-  });
+  backward_into(grad, a, lse, dx);
   return dx;
+}
+
+void cross_entropy_rows_backward_inplace_cpu(const at::Tensor& grad, const at::Tensor& logits,
+                                             const at::Tensor& target,
+                                             const std::optional<at::Tensor>& weight,
+                                             const at::Tensor& lse, int64_t ignore_index,
+                                             double smoothing, double z_loss, double softcap) {
+  check_inplace_logits(logits);
+  const CrossEntropyArgs a =
+      cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
+  check_rows_grad(grad, lse, a);
+  backward_into(grad, a, lse, logits);
 }
 
 }  // namespace
@@ -267,4 +273,5 @@ at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Ten
 TORCH_LIBRARY_IMPL(fastact, CPU, m) {
   m.impl("cross_entropy_rows", &::fastact::cross_entropy_rows_cpu);
   m.impl("cross_entropy_rows_backward", &::fastact::cross_entropy_rows_backward_cpu);
+  m.impl("cross_entropy_rows_backward_", &::fastact::cross_entropy_rows_backward_inplace_cpu);
 }

@@ -1,7 +1,12 @@
 #pragma once
-// Block-wide reductions for the row kernels (one block of kRowThreads threads
-// per row): a sum, and the merge of online (max, sum-of-exp) pairs. Each
-// ends with a barrier, so calls can follow one another.
+// Helpers of the row kernels (blocks of kRowThreads threads over one row or
+// one span of a row): block-wide reductions (a sum, and the merge of online
+// (max, sum-of-exp) pairs; each ends with a barrier, so calls can follow one
+// another), and a walk over a span of a row with 128-bit loads.
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/launcher.cuh"
 #include "fastact/cross_entropy_ops.h"
 
 namespace fastact {
@@ -42,6 +47,50 @@ __device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
   const OnlineLse<A> total{m[0], s[0]};
   __syncthreads();
   return total;
+}
+
+// Walks columns [lo, hi) of a row with the block's threads, calling
+// f(c, std::integral_constant<int, N>) for the N elements starting at c: a
+// scalar head up to the first 16-byte boundary of `row`, then VEC-wide steps
+// (VEC * sizeof(S) = 16 bytes, so load<N> is one 128-bit load), then a scalar
+// tail. Other operands of the row may use the same vector steps when their
+// row starts share `row`'s alignment modulo 16 bytes (checked at launch;
+// otherwise the kernel is instantiated with VEC = 1). Two vectors per thread
+// are in flight per step.
+template <int VEC, class S, class F>
+__device__ __forceinline__ void for_each_in_span(const S* row, int64_t lo, int64_t hi, F&& f) {
+  int64_t head = hi, body = hi;
+  if constexpr (VEC > 1) {
+    const int64_t mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row + lo) % 16) / sizeof(S);
+    head = lo + (mis ? VEC - mis : 0);
+    head = head < hi ? head : hi;
+    body = head + (hi - head) / VEC * VEC;
+  }
+  const int64_t tid = threadIdx.x, nt = blockDim.x;
+  for (int64_t c = lo + tid; c < head; c += nt) f(c, std::integral_constant<int, 1>{});
+  if constexpr (VEC > 1) {
+#pragma unroll 2
+    for (int64_t c = head + tid * VEC; c < body; c += nt * VEC) f(c, std::integral_constant<int, VEC>{});
+  }
+  for (int64_t c = body + tid; c < hi; c += nt) f(c, std::integral_constant<int, 1>{});
+}
+
+template <int N, class S>
+__device__ __forceinline__ VecOf<S, N> load_vec(const S* p) {
+  return *reinterpret_cast<const VecOf<S, N>*>(p);
+}
+
+template <int N, class S>
+__device__ __forceinline__ void store_vec(S* p, const VecOf<S, N>& v) {
+  *reinterpret_cast<VecOf<S, N>*>(p) = v;
+}
+
+// Whether every pointer shares the first one's alignment modulo 16 bytes, so
+// one row walk can vectorize all of them.
+template <class... P>
+inline bool same_alignment(const void* first, P... rest) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(first) % 16;
+  return ((rest == nullptr || reinterpret_cast<uintptr_t>(rest) % 16 == a) && ...);
 }
 
 }  // namespace fastact

@@ -1,17 +1,29 @@
-// CUDA kernels of the cross-entropy rows (see cross_entropy_ops.h): one block
-// per row; each thread folds its share of the classes into an online
-// (max, sum) pair and the row's sums, then the block merges them. The class
-// weight sum is computed on the device (no host sync). An out-of-range target
-// trips a device-side assert, as in PyTorch.
+// CUDA kernels of the cross-entropy rows (see cross_entropy_ops.h).
+//
+// Forward: blocks of kThreads over (row, span of the row) read the logits
+// with 128-bit loads and fold them into an online (max, sum-of-exp) pair
+// (one rescale per vector) and the row's weighted sums. With enough rows, a
+// block takes a whole row and writes its loss and lse; with few rows and a
+// large vocabulary (e.g. 512 x 128k), each row is split over several blocks
+// whose partial pairs a second kernel merges, so the GPU still fills.
+// Backward (class-index targets): an elementwise pass over (row, span) with
+// the row's coefficients computed once per block; the gradient may overwrite
+// the logits (the in-place op). Class-probability targets need a row sum of
+// the target first: one block per row.
+// Everything stays on the device: the class weight sum is a device tensor,
+// an out-of-range target trips a device-side assert (as in PyTorch).
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
-#include <ATen/ops/sum.h>
+
+#include <algorithm>
 
 #include "cuda/block_reduce.cuh"
+#include "cuda/launcher.cuh"
 #include "fastact/cross_entropy_ops.h"
 
 namespace fastact {
@@ -19,128 +31,307 @@ namespace {
 
 constexpr int kThreads = kRowThreads;
 
+// One block's share of a row: the online pair, sum_c w_c z_c (or, for
+// probability targets, sum_c w_c y'_c z_c) and sum_c w_c y'_c, and whether a
+// NaN was seen.
 template <class A>
-struct RowPartial {
-  OnlineLse<A> lse;
-  A wz, wy;
+struct CePartial {
+  A m, s, wz, wy;
+  int nan;
 };
 
-template <class S, class A = at::opmath_type<S>>
-__global__ void __launch_bounds__(kThreads)
-    ce_forward_kernel(const S* x, const S* y, const int64_t* target, const A* w,
-                      const A* weight_sum, CrossEntropyParams p, A* loss, A* lse_out) {
-  const int64_t r = blockIdx.x;
+template <class A>
+__device__ __forceinline__ A weight_of(const A* w, int64_t c) {
+  return w ? w[c] : A(1);
+}
+
+template <class S, class A>
+__device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyParams& p, int64_t r,
+                           const OnlineLse<A>& pair, A wz, A wy, bool nan, A* loss, A* lse_out) {
   const int64_t C = p.classes;
-  const S* xr = x + r * C;
-  const S* yr = y ? y + r * C : nullptr;
-  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
-  const A cap = p.softcap;
-  RowPartial<A> part{OnlineLse<A>{}, A(0), A(0)};
-  bool nan = false;
-  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
-    const A z = ce_cap(static_cast<A>(xr[c]), cap);
-    nan |= z != z;
-    part.lse.add(z);
-    const A wc = w ? w[c] : A(1);
-    if (yr) {
-      const A yc = keep * static_cast<A>(yr[c]) + spread;
-      part.wy += wc * yc;
-      part.wz += wc * yc * z;
-    } else {
-      part.wz += wc * z;
-    }
-  }
-  nan = __syncthreads_or(nan);
-  const RowPartial<A> row{block_lse(part.lse), block_sum(part.wz), yr ? block_sum(part.wy) : A(0)};
-  if (threadIdx.x != 0) return;
-  const A lse = nan ? A(NAN) : row.lse.value();
+  const A lse = nan ? A(NAN) : pair.value();
   lse_out[r] = lse;
+  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A l;
-  if (yr) {
-    l = row.wy * lse - row.wz;
+  if (in.y) {
+    l = wy * lse - wz;
   } else {
-    const int64_t t = target[r];
+    const int64_t t = in.tgt[r];
     if (t == p.ignore_index) {
       loss[r] = A(0);
       return;
     }
     CUDA_KERNEL_ASSERT(t >= 0 && t < C && "fastact.cross_entropy: target out of bounds");
-    const A z_t = ce_cap(static_cast<A>(xr[t]), cap);
-    const A w_t = w ? w[t] : A(1);
-    const A W = weight_sum ? *weight_sum : static_cast<A>(C);
-    l = keep * w_t * (lse - z_t) + spread * (W * lse - row.wz);
+    const A z_t = ce_cap(static_cast<A>(in.x[r * C + t]), A(p.softcap));
+    const A w_t = weight_of(in.w, t);
+    const A W = in.W ? *in.W : static_cast<A>(C);
+    l = keep * w_t * (lse - z_t) + spread * (W * lse - wz);
   }
   loss[r] = l + A(p.z_loss) * lse * lse;
 }
 
-template <class S, class A = at::opmath_type<S>>
+// grid (rows, splits): block (r, k) folds columns [k*span, (k+1)*span) of row
+// r; with one split it finishes the row, else it writes partial[r*splits+k].
+template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
-    ce_backward_kernel(const A* grad, const S* x, const S* y, const int64_t* target,
-                       const A* w, const A* weight_sum, const A* lse,
-                       CrossEntropyParams p, S* dx) {
-  const int64_t r = blockIdx.x;
-  const int64_t C = p.classes;
-  const S* xr = x + r * C;
-  const S* yr = y ? y + r * C : nullptr;
-  S* dr = dx + r * C;
-  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+    ce_forward_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span, A* loss,
+                      A* lse_out, CePartial<A>* partial) {
+  const int64_t r = blockIdx.x, C = p.classes;
+  const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
+  const S* xr = in.x + r * C;
+  const S* yr = in.y ? in.y + r * C : nullptr;
   const A cap = p.softcap;
-  int64_t t = -1;
-  if (!yr) {
-    t = target[r];
-    if (t == p.ignore_index) {
-      for (int64_t c = threadIdx.x; c < C; c += kThreads) dr[c] = S(0);
-      return;
+  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+  OnlineLse<A> pair;
+  A wz = 0, wy = 0;
+  bool nan = false;
+  for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> xv = load_vec<N>(xr + c);
+    A z[N];
+    A m = pair.m;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      z[j] = ce_cap(static_cast<A>(xv.v[j]), cap);
+      nan |= z[j] != z[j];
+      m = z[j] > m ? z[j] : m;
     }
-    CUDA_KERNEL_ASSERT(t >= 0 && t < C && "fastact.cross_entropy: target out of bounds");
-  }
-  A sum_wy = 0;
-  if (yr) {
-    A part = 0;
-    for (int64_t c = threadIdx.x; c < C; c += kThreads)
-      part += (w ? w[c] : A(1)) * (keep * static_cast<A>(yr[c]) + spread);
-    sum_wy = block_sum(part);
-  }
-  const A g = grad[r], l = lse[r];
-  const A wt = (!yr && w) ? w[t] : A(1);
-  const A W = weight_sum ? *weight_sum : static_cast<A>(C);
-  const A zl = A(2) * A(p.z_loss) * l;
-  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
-    const A z = ce_cap(static_cast<A>(xr[c]), cap);
-    const A pc = ::fastact::math::exp(z - l);
-    const A wc = w ? w[c] : A(1);
-    A dz = yr ? sum_wy * pc - wc * (keep * static_cast<A>(yr[c]) + spread)
-              : keep * wt * (pc - (c == t ? A(1) : A(0))) + spread * (W * pc - wc);
-    dz = g * (dz + zl * pc);
-    const A dcap = cap > A(0) ? A(1) - (z / cap) * (z / cap) : A(1);
-    dr[c] = static_cast<S>(dz * dcap);
+    // one rescale per vector; nothing to add while every value is -inf
+    if (m > pair.m) {
+      pair.s *= ::fastact::math::exp(pair.m - m);
+      pair.m = m;
+    }
+    if (pair.m != -INFINITY) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) pair.s += ::fastact::math::exp(z[j] - pair.m);
+    }
+    if (yr) {
+      const VecOf<S, N> yv = load_vec<N>(yr + c);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const A wy_j = weight_of(in.w, c + j) * (keep * static_cast<A>(yv.v[j]) + spread);
+        wy += wy_j;
+        wz += wy_j * z[j];
+      }
+    } else if (p.smoothing > 0) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) wz += weight_of(in.w, c + j) * z[j];
+    }
+  });
+  nan = __syncthreads_or(nan);
+  const OnlineLse<A> row = block_lse(pair);
+  const A row_wz = block_sum(wz);
+  const A row_wy = yr ? block_sum(wy) : A(0);
+  if (threadIdx.x != 0) return;
+  if (gridDim.y == 1) {
+    finish_row(in, p, r, row, row_wz, row_wy, nan, loss, lse_out);
+  } else {
+    partial[r * gridDim.y + blockIdx.y] = CePartial<A>{row.m, row.s, row_wz, row_wy, nan ? 1 : 0};
   }
 }
+
+// One thread per row merges the row's partials and finishes it.
+template <class S, class A = at::opmath_type<S>>
+__global__ void __launch_bounds__(128)
+    ce_merge_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int splits,
+                    const CePartial<A>* partial, A* loss, A* lse_out) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= p.rows) return;
+  OnlineLse<A> pair;
+  A wz = 0, wy = 0;
+  bool nan = false;
+  for (int k = 0; k < splits; ++k) {
+    const CePartial<A> q = partial[r * splits + k];
+    pair.merge(OnlineLse<A>{q.m, q.s});
+    wz += q.wz;
+    wy += q.wy;
+    nan |= q.nan != 0;
+  }
+  finish_row(in, p, r, pair, wz, wy, nan, loss, lse_out);
+}
+
+// Class-index targets: grid (rows, spans), dx may be in.x itself.
+//   dz_c = a p_c - b w_c - [c == t] tt,  p_c = exp(z_c - lse)
+// with a = g (keep w_t + spread W + 2 z_loss lse), b = g spread, tt = g keep w_t.
+template <int VEC, class S, class A = at::opmath_type<S>>
+__global__ void __launch_bounds__(kThreads)
+    ce_backward_index_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span,
+                             const A* grad, const A* lse, S* dx) {
+  const int64_t r = blockIdx.x, C = p.classes;
+  const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
+  const S* xr = in.x + r * C;
+  S* dr = dx + r * C;
+  const int64_t t = in.tgt[r];
+  if (t == p.ignore_index) {
+    for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
+      constexpr int N = decltype(width)::value;
+      VecOf<S, N> zero;
+#pragma unroll
+      for (int j = 0; j < N; ++j) zero.v[j] = S(0);
+      store_vec<N>(dr + c, zero);
+    });
+    return;
+  }
+  CUDA_KERNEL_ASSERT(t >= 0 && t < C && "fastact.cross_entropy: target out of bounds");
+  const A cap = p.softcap;
+  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+  const A g = grad[r], l = lse[r];
+  const A w_t = weight_of(in.w, t);
+  const A W = in.W ? *in.W : static_cast<A>(C);
+  const A a = g * (keep * w_t + spread * W + A(2) * A(p.z_loss) * l);
+  const A b = g * spread, tt = g * keep * w_t;
+  for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> xv = load_vec<N>(xr + c);
+    VecOf<S, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const A z = ce_cap(static_cast<A>(xv.v[j]), cap);
+      A dz = a * ::fastact::math::exp(z - l) - b * weight_of(in.w, c + j);
+      if (c + j == t) dz -= tt;
+      if (cap > A(0)) dz *= A(1) - (z / cap) * (z / cap);
+      out.v[j] = static_cast<S>(dz);
+    }
+    store_vec<N>(dr + c, out);
+  });
+}
+
+// Class-probability targets: one block per row; first S = sum_c w_c y'_c.
+//   dz_c = g (S p_c - w_c y'_c + 2 z_loss lse p_c)
+template <int VEC, class S, class A = at::opmath_type<S>>
+__global__ void __launch_bounds__(kThreads)
+    ce_backward_prob_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, const A* grad,
+                            const A* lse, S* dx) {
+  const int64_t r = blockIdx.x, C = p.classes;
+  const S* xr = in.x + r * C;
+  const S* yr = in.y + r * C;
+  S* dr = dx + r * C;
+  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+  A part = 0;
+  for_each_in_span<VEC>(yr, 0, C, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> yv = load_vec<N>(yr + c);
+#pragma unroll
+    for (int j = 0; j < N; ++j) part += weight_of(in.w, c + j) * (keep * static_cast<A>(yv.v[j]) + spread);
+  });
+  const A sum_wy = block_sum(part);
+  const A cap = p.softcap;
+  const A g = grad[r], l = lse[r];
+  const A coef = sum_wy + A(2) * A(p.z_loss) * l;
+  for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> xv = load_vec<N>(xr + c);
+    const VecOf<S, N> yv = load_vec<N>(yr + c);
+    VecOf<S, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const A z = ce_cap(static_cast<A>(xv.v[j]), cap);
+      const A y = keep * static_cast<A>(yv.v[j]) + spread;
+      A dz = g * (coef * ::fastact::math::exp(z - l) - weight_of(in.w, c + j) * y);
+      if (cap > A(0)) dz *= A(1) - (z / cap) * (z / cap);
+      out.v[j] = static_cast<S>(dz);
+    }
+    store_vec<N>(dr + c, out);
+  });
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Spans of at least `min_span` columns (a multiple of the vector width), as
+// many per row as it takes to give the GPU `target_blocks` blocks.
+int64_t span_for(int64_t rows, int64_t C, int64_t min_span, int64_t target_blocks, int vec) {
+  const int64_t wanted = std::max<int64_t>(1, ceil_div(target_blocks, std::max<int64_t>(rows, 1)));
+  int64_t splits = std::min(wanted, std::max<int64_t>(1, C / min_span));
+  splits = std::min<int64_t>(splits, 65535);
+  int64_t span = ceil_div(ceil_div(C, splits), vec) * vec;
+  while (ceil_div(C, span) > 65535) span *= 2;  // grid.y limit
+  return std::max<int64_t>(span, 1);
+}
+
+int64_t gpu_blocks() { return max_resident_blocks() / 2; }  // SMs x 8 blocks of 256 threads
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, double smoothing, double z_loss, double softcap) {
-  const c10::OptionalDeviceGuard guard(logits.device());
-  CrossEntropyArgs a = cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const CrossEntropyArgs a =
+      cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
   const CrossEntropyParams& p = a.p;
   const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor loss = at::empty({p.rows}, a.logits.options().dtype(acc));
   at::Tensor lse = at::empty({p.rows}, a.logits.options().dtype(acc));
-  const at::Tensor wt = p.has_weight ? a.weight.to(acc) : at::Tensor();
-  const at::Tensor W = p.has_weight ? wt.sum() : at::Tensor();  // on the device: no sync
   if (p.rows == 0) return {loss, lse};
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
-    ce_forward_kernel<scalar_t><<<p.rows, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        a.logits.const_data_ptr<scalar_t>(),
-        p.prob_target ? a.target.const_data_ptr<scalar_t>() : nullptr,
-        p.prob_target ? nullptr : a.target.const_data_ptr<int64_t>(),
-        p.has_weight ? wt.const_data_ptr<A>() : nullptr,
-        p.has_weight ? W.const_data_ptr<A>() : nullptr, p, loss.mutable_data_ptr<A>(),
-        lse.mutable_data_ptr<A>());
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const CrossEntropyInputs<scalar_t> inputs(a);
+    const CrossEntropyRows<scalar_t> in = inputs.rows();
+    const bool vec = same_alignment(in.x, in.y);
+    // a block's span: at least 4 vector steps per thread
+    const int64_t span = span_for(p.rows, p.classes, int64_t{kThreads} * kVec * 4, gpu_blocks(), kVec);
+    const int64_t splits = std::max<int64_t>(1, ceil_div(p.classes, span));
+    at::Tensor partial;
+    CePartial<A>* part_ptr = nullptr;
+    if (splits > 1) {
+      partial = at::empty({p.rows * splits * static_cast<int64_t>(sizeof(CePartial<A>))},
+                          a.logits.options().dtype(at::kByte));
+      part_ptr = reinterpret_cast<CePartial<A>*>(partial.mutable_data_ptr());
+    }
+    const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(splits));
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    A* loss_ptr = loss.mutable_data_ptr<A>();
+    A* lse_ptr = lse.mutable_data_ptr<A>();
+    if (vec) {
+      ce_forward_kernel<kVec, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span, loss_ptr, lse_ptr, part_ptr);
+    } else {
+      ce_forward_kernel<1, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span, loss_ptr, lse_ptr, part_ptr);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      ce_merge_kernel<scalar_t><<<ceil_div(p.rows, 128), 128, 0, stream>>>(
+          in, p, static_cast<int>(splits), part_ptr, loss_ptr, lse_ptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {loss, lse};
+}
+
+void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::Tensor& lse,
+                   const at::Tensor& out) {
+  const CrossEntropyParams& p = a.p;
+  if (p.rows == 0 || p.classes == 0) return;
+  const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor g = grad.to(acc).contiguous();
+  const at::Tensor l = lse.to(acc).contiguous();
+  FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
+    using A = at::opmath_type<scalar_t>;
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const CrossEntropyInputs<scalar_t> inputs(a);
+    const CrossEntropyRows<scalar_t> in = inputs.rows();
+    scalar_t* dx = out.mutable_data_ptr<scalar_t>();
+    const bool vec = same_alignment(in.x, in.y, dx);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const A* gp = g.const_data_ptr<A>();
+    const A* lp = l.const_data_ptr<A>();
+    if (p.prob_target) {
+      if (vec) {
+        ce_backward_prob_kernel<kVec, scalar_t><<<p.rows, kThreads, 0, stream>>>(in, p, gp, lp, dx);
+      } else {
+        ce_backward_prob_kernel<1, scalar_t><<<p.rows, kThreads, 0, stream>>>(in, p, gp, lp, dx);
+      }
+    } else {
+      // a block writes up to 4 vectors per thread of one row
+      int64_t span_cols = std::max<int64_t>(int64_t{kThreads} * kVec * 4, ceil_div(p.classes, 65535));
+      span_cols = ceil_div(span_cols, kVec) * kVec;
+      const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(ceil_div(p.classes, span_cols)));
+      if (vec) {
+        ce_backward_index_kernel<kVec, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span_cols, gp, lp, dx);
+      } else {
+        ce_backward_index_kernel<1, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span_cols, gp, lp, dx);
+      }
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 at::Tensor cross_entropy_rows_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
@@ -148,28 +339,26 @@ at::Tensor cross_entropy_rows_backward_cuda(const at::Tensor& grad, const at::Te
                                             const std::optional<at::Tensor>& weight,
                                             const at::Tensor& lse, int64_t ignore_index,
                                             double smoothing, double z_loss, double softcap) {
-  const c10::OptionalDeviceGuard guard(logits.device());
-  CrossEntropyArgs a = cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
-  const CrossEntropyParams& p = a.p;
-  const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor g = grad.to(acc).contiguous();
-  at::Tensor l = lse.to(acc).contiguous();
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const CrossEntropyArgs a =
+      cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
+  check_rows_grad(grad, lse, a);
   at::Tensor dx = at::empty_like(a.logits);
-  const at::Tensor wt = p.has_weight ? a.weight.to(acc) : at::Tensor();
-  const at::Tensor W = p.has_weight ? wt.sum() : at::Tensor();
-  if (p.rows == 0) return dx;
-  FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
-    using A = at::opmath_type<scalar_t>;
-    ce_backward_kernel<scalar_t><<<p.rows, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        g.const_data_ptr<A>(), a.logits.const_data_ptr<scalar_t>(),
-        p.prob_target ? a.target.const_data_ptr<scalar_t>() : nullptr,
-        p.prob_target ? nullptr : a.target.const_data_ptr<int64_t>(),
-        p.has_weight ? wt.const_data_ptr<A>() : nullptr,
-        p.has_weight ? W.const_data_ptr<A>() : nullptr, l.const_data_ptr<A>(), p,
-        dx.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  backward_into(grad, a, lse, dx);
   return dx;
+}
+
+void cross_entropy_rows_backward_inplace_cuda(const at::Tensor& grad, const at::Tensor& logits,
+                                              const at::Tensor& target,
+                                              const std::optional<at::Tensor>& weight,
+                                              const at::Tensor& lse, int64_t ignore_index,
+                                              double smoothing, double z_loss, double softcap) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  check_inplace_logits(logits);
+  const CrossEntropyArgs a =
+      cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
+  check_rows_grad(grad, lse, a);
+  backward_into(grad, a, lse, logits);
 }
 
 }  // namespace
@@ -178,4 +367,5 @@ at::Tensor cross_entropy_rows_backward_cuda(const at::Tensor& grad, const at::Te
 TORCH_LIBRARY_IMPL(fastact, CUDA, m) {
   m.impl("cross_entropy_rows", &::fastact::cross_entropy_rows_cuda);
   m.impl("cross_entropy_rows_backward", &::fastact::cross_entropy_rows_backward_cuda);
+  m.impl("cross_entropy_rows_backward_", &::fastact::cross_entropy_rows_backward_inplace_cuda);
 }

@@ -1,5 +1,6 @@
 // CUDA kernels of softmax / log_softmax over rows [R, C]: one block per row,
-// an online (max, sum) per thread merged across the block, then one write.
+// an online (max, sum) per thread merged across the block, then one write;
+// 128-bit loads and stores (for_each_in_span).
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
@@ -15,31 +16,65 @@ namespace {
 
 constexpr int kThreads = kRowThreads;
 
-template <class S, class A = at::opmath_type<S>>
+template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads) softmax_kernel(const S* x, S* y, int64_t C, bool log) {
   const S* xr = x + blockIdx.x * C;
   S* yr = y + blockIdx.x * C;
   OnlineLse<A> part;
-  for (int64_t c = threadIdx.x; c < C; c += kThreads) part.add(static_cast<A>(xr[c]));
-  const A lse = block_lse(part).value();
-  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
-    const A v = static_cast<A>(xr[c]) - lse;
-    yr[c] = static_cast<S>(log ? v : ::fastact::math::exp(v));
-  }
+  bool nan = false;
+  for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> xv = load_vec<N>(xr + c);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const A v = static_cast<A>(xv.v[j]);
+      nan |= v != v;
+      part.add(v);
+    }
+  });
+  nan = __syncthreads_or(nan);
+  const A lse = nan ? A(NAN) : block_lse(part).value();
+  for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> xv = load_vec<N>(xr + c);
+    VecOf<S, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const A v = static_cast<A>(xv.v[j]) - lse;
+      out.v[j] = static_cast<S>(log ? v : ::fastact::math::exp(v));
+    }
+    store_vec<N>(yr + c, out);
+  });
 }
 
-template <class S, class A = at::opmath_type<S>>
+template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
     softmax_backward_kernel(const S* dy, const S* y, S* dx, int64_t C, bool log) {
   const int64_t off = blockIdx.x * C;
+  const S* dyr = dy + off;
+  const S* yr = y + off;
   A part = 0;
-  for (int64_t c = threadIdx.x; c < C; c += kThreads)
-    part += log ? static_cast<A>(dy[off + c]) : static_cast<A>(dy[off + c]) * static_cast<A>(y[off + c]);
+  for_each_in_span<VEC>(yr, 0, C, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> gv = load_vec<N>(dyr + c);
+    const VecOf<S, N> yv = load_vec<N>(yr + c);
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      part += log ? static_cast<A>(gv.v[j]) : static_cast<A>(gv.v[j]) * static_cast<A>(yv.v[j]);
+  });
   const A s = block_sum(part);
-  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
-    const A yc = static_cast<A>(y[off + c]), g = static_cast<A>(dy[off + c]);
-    dx[off + c] = static_cast<S>(log ? g - ::fastact::math::exp(yc) * s : yc * (g - s));
-  }
+  for_each_in_span<VEC>(yr, 0, C, [&](int64_t c, auto width) {
+    constexpr int N = decltype(width)::value;
+    const VecOf<S, N> gv = load_vec<N>(dyr + c);
+    const VecOf<S, N> yv = load_vec<N>(yr + c);
+    VecOf<S, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const A yc = static_cast<A>(yv.v[j]), g = static_cast<A>(gv.v[j]);
+      out.v[j] = static_cast<S>(log ? g - ::fastact::math::exp(yc) * s : yc * (g - s));
+    }
+    store_vec<N>(dx + off + c, out);
+  });
 }
 
 at::Tensor softmax_rows_cuda(const at::Tensor& input, bool log) {
@@ -51,8 +86,15 @@ at::Tensor softmax_rows_cuda(const at::Tensor& input, bool log) {
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
   FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.softmax", [&] {
-    softmax_kernel<scalar_t><<<x.size(0), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.size(1), log);
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    if (same_alignment(xp, yp)) {
+      softmax_kernel<kVec, scalar_t><<<x.size(0), kThreads, 0, stream>>>(xp, yp, x.size(1), log);
+    } else {
+      softmax_kernel<1, scalar_t><<<x.size(0), kThreads, 0, stream>>>(xp, yp, x.size(1), log);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
@@ -68,9 +110,16 @@ at::Tensor softmax_rows_backward_cuda(const at::Tensor& grad, const at::Tensor& 
   at::Tensor dx = at::empty_like(y);
   if (y.numel() == 0) return dx;
   FA_DISPATCH_FLOATING(y.scalar_type(), "fastact.softmax", [&] {
-    softmax_backward_kernel<scalar_t><<<y.size(0), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-        y.size(1), log);
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    if (same_alignment(yp, dyp, dxp)) {
+      softmax_backward_kernel<kVec, scalar_t><<<y.size(0), kThreads, 0, stream>>>(dyp, yp, dxp, y.size(1), log);
+    } else {
+      softmax_backward_kernel<1, scalar_t><<<y.size(0), kThreads, 0, stream>>>(dyp, yp, dxp, y.size(1), log);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;

@@ -30,6 +30,12 @@ def _rows_backward_fake(grad, logits, target, weight, lse, ignore_index, label_s
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+@register_fake("fastact::cross_entropy_rows_backward_")
+def _rows_backward_inplace_fake(grad, logits, target, weight, lse, ignore_index, label_smoothing, z_loss,
+                                softcap):
+    return None
+
+
 def _rows_setup(ctx, inputs, output):
     logits, target, weight, *options = inputs
     ctx.save_for_backward(logits, target, weight, output[1])

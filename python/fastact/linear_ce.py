@@ -13,18 +13,40 @@ __all__ = ["linear_cross_entropy", "vocab_parallel_cross_entropy"]
 
 
 def _chunk_rows(n: int, v: int, itemsize: int, chunk_size: Optional[int]) -> int:
-    # Two (rows x V) buffers (logits and their gradient) live at a time: 48 MB
-    # each keeps them under 5 % of the logits at N=8192, V=128256 in bf16,
-    # while CPU and GPU matmuls still get enough rows to run efficiently.
+    # One (rows x V) buffer lives at a time (the chunk's logits, overwritten
+    # by their gradient): 4 % of the full logits, at least 32 MB (so CPU and GPU
+    # matmuls still get enough rows to run efficiently) -- 84 MB, 327 rows at
+    # N=8192, V=128256 in bf16.
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"fastact.linear_cross_entropy: chunk_size must be positive, got {chunk_size}")
         return int(chunk_size)
-    return max(1, min(n, (48 << 20) // max(1, v * itemsize)))
+    row_bytes = max(1, v * itemsize)
+    budget = max(32 << 20, (n * row_bytes) // 25)
+    return max(1, min(n, budget // row_bytes))
 
 
-def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+class _Chunks:
+    """The chunk loop: each chunk's logits are computed into one reused buffer,
+    go through the cross-entropy row kernels, are overwritten in place by their
+    gradient, and that gradient is folded into grad_hidden (its own rows,
+    exact), grad_weight and grad_bias (accumulated over the chunks)."""
+
+    def __init__(self, hidden, weight, bias, chunk):
+        self.hidden, self.weight, self.bias, self.chunk = hidden, weight, bias, chunk
+        rows = min(chunk, hidden.shape[0])
+        self.buffer = hidden.new_empty((rows, weight.shape[0]))
+
+    def __iter__(self):
+        n = self.hidden.shape[0]
+        for s in range(0, n, self.chunk):
+            e = min(n, s + self.chunk)
+            z = self.buffer[: e - s]
+            if self.bias is not None:
+                torch.addmm(self.bias, self.hidden[s:e], self.weight.t(), out=z)
+            else:
+                torch.mm(self.hidden[s:e], self.weight.t(), out=z)
+            yield s, e, z
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -35,72 +57,79 @@ class _LinearCrossEntropy(torch.autograd.Function):
     (reduction='none') backward recomputes each chunk's logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, row_grad, ignore_index, smoothing, z_loss, softcap, chunk):
+    def forward(ctx, hidden, weight, bias, target, row_grad, ignore_index, smoothing, z_loss, softcap, chunk,
+                accum_dtype):
         n = hidden.shape[0]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         options = (ignore_index, smoothing, z_loss, softcap)
         loss = hidden.new_empty((n,), dtype=acc)
         lse = hidden.new_empty((n,), dtype=acc)
         eager_grads = row_grad is not None and any(ctx.needs_input_grad[:3])
-        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad) if eager_grads else None
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            z = _logits(hidden[s:e], weight, bias)
+        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, accum_dtype) if eager_grads else None
+        for s, e, z in _Chunks(hidden, weight, bias, chunk):
             loss[s:e], lse[s:e] = _ops.cross_entropy_rows(z, target[s:e], None, *options)
             if grads is not None:
-                dz = _ops.cross_entropy_rows_backward(row_grad.expand(e - s), z, target[s:e], None,
-                                                      lse[s:e], *options)
-                grads.add(s, e, dz, hidden, weight)
+                _ops.cross_entropy_rows_backward_(row_grad.expand(e - s), z, target[s:e], None, lse[s:e], *options)
+                grads.add(s, e, z, hidden, weight)
         ctx.eager, ctx.row_grad = grads, row_grad
-        ctx.options, ctx.chunk = options, chunk
-        if grads is None:
-            ctx.save_for_backward(hidden, weight, bias, target, lse)
+        ctx.options, ctx.chunk, ctx.accum_dtype = options, chunk, accum_dtype
+        # (inputs: saving them costs nothing; a second backward through a
+        # retained graph recomputes, since the first one hands the folded
+        # gradients to autograd without keeping a reference)
+        ctx.save_for_backward(hidden, weight, bias, target, lse)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.eager is not None:
             # every row receives grad_output * row_grad (the reduction below);
-            # row_grad is already in the gradients, grad_output is not
+            # row_grad is already in the gradients, grad_output is not.
+            # Scaled in place and released: autograd can keep the buffers as
+            # .grad without a copy.
             scale = grad_loss[:1] / ctx.row_grad
-            return ctx.eager.result(scale) + (None,) * 7
+            grads, ctx.eager = ctx.eager.result(scale), None
+            return grads + (None,) * 8
         hidden, weight, bias, target, lse = ctx.saved_tensors
-        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad)
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            e = min(hidden.shape[0], s + ctx.chunk)
-            z = _logits(hidden[s:e], weight, bias)
-            dz = _ops.cross_entropy_rows_backward(grad_loss[s:e], z, target[s:e], None, lse[s:e], *ctx.options)
-            del z
-            grads.add(s, e, dz, hidden, weight)
-        return grads.result(None) + (None,) * 7
+        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, ctx.accum_dtype)
+        for s, e, z in _Chunks(hidden, weight, bias, ctx.chunk):
+            _ops.cross_entropy_rows_backward_(grad_loss[s:e], z, target[s:e], None, lse[s:e], *ctx.options)
+            grads.add(s, e, z, hidden, weight)
+        return grads.result(None) + (None,) * 8
 
 
 class _Grads:
-    """grad_hidden, grad_weight and grad_bias accumulated chunk by chunk
-    (weight and bias gradients in float32 for half types)."""
+    """grad_hidden (written chunk by chunk), grad_weight and grad_bias
+    (accumulated over chunks). grad_weight accumulates in `accum_dtype` (None:
+    the weight's dtype, directly in the returned gradient; with bf16/fp16
+    weights each chunk's contribution is then rounded once, like Liger-Kernel
+    does -- float32 keeps torch's precision at the cost of a float32 copy of
+    the weight's size). grad_bias always accumulates in float32/64."""
 
-    def __init__(self, hidden, weight, bias, needs):
+    def __init__(self, hidden, weight, bias, needs, accum_dtype):
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        self.hidden = torch.empty_like(hidden) if needs[0] else None
-        self.weight = torch.zeros_like(weight, dtype=acc) if needs[1] else None
+        self.hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if needs[0] else None
+        self.weight = torch.zeros_like(weight, dtype=accum_dtype or weight.dtype) if needs[1] else None
         self.bias = torch.zeros_like(bias, dtype=acc) if (bias is not None and needs[2]) else None
         self.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
 
     def add(self, s, e, dz, hidden, weight):
         if self.hidden is not None:
-            self.hidden[s:e] = dz @ weight
+            torch.mm(dz, weight, out=self.hidden[s:e])
         if self.weight is not None:
-            self.weight.addmm_(dz.t().to(self.weight.dtype), hidden[s:e].to(self.weight.dtype))
+            if self.weight.dtype == dz.dtype:
+                self.weight.addmm_(dz.t(), hidden[s:e])
+            else:
+                self.weight.addmm_(dz.t().to(self.weight.dtype), hidden[s:e].to(self.weight.dtype))
         if self.bias is not None:
             self.bias += dz.sum(0, dtype=self.bias.dtype)
 
     def result(self, scale):
         out = []
         for g, dtype in zip((self.hidden, self.weight, self.bias), self.dtypes):
-            if g is None:
-                out.append(None)
-            else:
-                out.append((g * scale.to(g.dtype) if scale is not None else g).to(dtype))
+            if g is not None and scale is not None:
+                g.mul_(scale.to(g.dtype))
+            out.append(None if g is None else g.to(dtype))
+        self.hidden = self.weight = self.bias = None
         return tuple(out)
 
 
@@ -108,13 +137,21 @@ class _Grads:
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
                          ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
                          z_loss: float = 0.0, softcap: Optional[float] = None,
-                         chunk_size: Optional[int] = None) -> Tensor:
+                         chunk_size: Optional[int] = None, accum_dtype: Optional[torch.dtype] = None) -> Tensor:
     """``cross_entropy(hidden @ weight.T + bias, target, ...)`` without the
-    full logits: tokens go through in chunks (matmul, then the fused
-    cross-entropy row kernels); backward recomputes each chunk's logits and
-    folds their gradient into grad_hidden, grad_weight and grad_bias at once.
-    Extra memory: two (chunk x V) buffers plus a float32 weight gradient.
-    Under torch.compile this function is a graph break (it runs eagerly)."""
+    full logits: tokens go through in chunks (matmul into one reused buffer,
+    then the fused cross-entropy row kernels, which overwrite it with the
+    logits' gradient); each chunk's gradient is folded into grad_hidden,
+    grad_weight and grad_bias at once (in forward for 'mean' and 'sum'; for
+    'none' backward recomputes each chunk).
+
+    Extra memory: one (chunk_size x V) buffer (by default 4 % of the full
+    logits, at least 32 MB). ``accum_dtype`` is the dtype grad_weight
+    accumulates in over the chunks: None (default) accumulates in the weight's
+    own dtype (no extra memory; for bf16/fp16 weights one rounding per chunk,
+    as Liger-Kernel does); ``torch.float32`` matches the unfused precision at
+    the cost of a float32 buffer of the weight's size. Under torch.compile
+    this function is a graph break (it runs eagerly)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"fastact.linear_cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
@@ -122,15 +159,31 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: O
     if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
         raise ValueError(f"fastact.linear_cross_entropy: hidden (..., {hidden.shape[-1]}) and weight "
                          f"{tuple(weight.shape)} do not match: weight must be (V, H)")
+    device_type = hidden.device.type
+    out_dtype = hidden.dtype
+    if torch.is_autocast_enabled(device_type):
+        # as nn.Linear under autocast: the matmuls run in the autocast dtype
+        # (casts outside the chunk loop, so autograd casts the grads back)
+        # and the loss in float32, as autocast runs cross_entropy
+        dtype, out_dtype = torch.get_autocast_dtype(device_type), torch.float32
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
+        raise ValueError(f"fastact.linear_cross_entropy: hidden ({hidden.dtype}), weight ({weight.dtype}) and bias "
+                         f"must have one dtype")
     lead = hidden.shape[:-1]
     h = hidden.reshape(-1, hidden.shape[-1])
     t = target.reshape(-1)
     if t.shape[0] != h.shape[0]:
         raise ValueError(f"fastact.linear_cross_entropy: target has {t.shape[0]} rows but hidden has {h.shape[0]}")
     chunk = _chunk_rows(h.shape[0], weight.shape[0], h.element_size(), chunk_size)
-    options = (int(ignore_index), float(label_smoothing), float(z_loss), float(softcap) if softcap else 0.0, chunk)
+    if accum_dtype is not None and accum_dtype not in (torch.float32, torch.float64, weight.dtype):
+        raise ValueError(f"fastact.linear_cross_entropy: accum_dtype must be None, float32, float64 or the "
+                         f"weight's dtype, got {accum_dtype}")
+    options = (int(ignore_index), float(label_smoothing), float(z_loss), float(softcap) if softcap else 0.0, chunk,
+               accum_dtype)
     if reduction == "none":
-        return _LinearCrossEntropy.apply(h, weight, bias, t, None, *options).view(lead).to(hidden.dtype)
+        return _LinearCrossEntropy.apply(h, weight, bias, t, None, *options).view(lead).to(out_dtype)
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     # d(reduced loss)/d(row loss): 1 for sum, 1/count for mean (on the device)
     row_grad = torch.ones(1, dtype=acc, device=h.device)
@@ -140,7 +193,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: O
     # the reduction, written so that its gradient reaching each row is
     # grad_output * row_grad (what the forward folded in)
     total = (loss * row_grad).sum()
-    return total.to(hidden.dtype)
+    return total.to(out_dtype)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

@@ -231,15 +231,15 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     """``linear_cross_entropy`` as a module: ``forward(hidden, weight, target, bias=None)``."""
 
     def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 z_loss: float = 0.0, softcap=None, chunk_size=None) -> None:
+                 z_loss: float = 0.0, softcap=None, chunk_size=None, accum_dtype=None) -> None:
         super().__init__()
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
-        self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
+        self.z_loss, self.softcap, self.chunk_size, self.accum_dtype = z_loss, softcap, chunk_size, accum_dtype
 
     def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias=None) -> Tensor:
         return F.linear_cross_entropy(hidden, weight, target, bias, self.ignore_index, self.reduction,
                                       self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
-                                      chunk_size=self.chunk_size)
+                                      chunk_size=self.chunk_size, accum_dtype=self.accum_dtype)
 
 
 def _twins() -> dict:

@@ -35,7 +35,9 @@ FA_HD A ce_cap(A x, A cap) {
   return cap > A(0) ? cap * ::fastact::math::tanh(x / cap) : x;
 }
 
-// Running (max, sum of exp(z - max)) pair, merged one value or one pair at a time.
+// Running (max, sum of exp(z - max)) pair, merged one value or one pair at a
+// time. -inf values add nothing (also before any finite value: no
+// exp(-inf - -inf)); a NaN value makes s NaN, which every merge keeps.
 template <class A>
 struct OnlineLse {
   A m = -INFINITY, s = 0;
@@ -43,14 +45,18 @@ struct OnlineLse {
     if (z > m) {
       s = s * ::fastact::math::exp(m - z) + A(1);
       m = z;
-    } else {
+    } else if (m != -INFINITY || z != z) {
       s += ::fastact::math::exp(z - m);
     }
   }
   FA_HD void merge(const OnlineLse& o) {
-    if (o.m == -INFINITY) return;
+    if (o.m == -INFINITY) {  // o.s is 0, or NaN
+      s += o.s;
+      return;
+    }
     if (m == -INFINITY) {
-      *this = o;
+      s += o.s;
+      m = o.m;
       return;
     }
     const A mm = m > o.m ? m : o.m;
@@ -58,7 +64,7 @@ struct OnlineLse {
     m = mm;
   }
   // NaN in a row gives NaN; a row of -inf gives -inf (as torch's logsumexp).
-  FA_HD A value() const { return m == -INFINITY ? m : m + ::fastact::math::log(s); }
+  FA_HD A value() const { return m == -INFINITY ? m + s : m + ::fastact::math::log(s); }
 };
 
 }  // namespace fastact
@@ -66,6 +72,8 @@ struct OnlineLse {
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 
 #include <optional>
@@ -129,5 +137,59 @@ inline CrossEntropyArgs cross_entropy_args(const at::Tensor& logits, const at::T
   a.target = target.contiguous();
   return a;
 }
+
+// The backward's per-row inputs: one gradient and one log-sum-exp per row.
+inline void check_rows_grad(const at::Tensor& grad, const at::Tensor& lse, const CrossEntropyArgs& a) {
+  constexpr const char* op = "fastact.cross_entropy_rows_backward";
+  const CrossEntropyParams& p = a.p;
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == p.rows, op, ": grad must have shape [", p.rows,
+                    "], got ", grad.sizes());
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == p.rows, op, ": lse must have shape [", p.rows,
+                    "], got ", lse.sizes());
+  check_float(grad, op, "grad");
+  check_float(lse, op, "lse");
+  TORCH_CHECK(grad.device() == a.logits.device() && lse.device() == a.logits.device(), op,
+              ": grad and lse must be on the logits' device ", a.logits.device());
+}
+
+// The in-place backward overwrites the logits with their gradient.
+inline void check_inplace_logits(const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(logits.is_contiguous(), "fastact.cross_entropy_rows_backward_: logits must be "
+                    "contiguous to be overwritten with their gradient");
+}
+
+// What the row kernels read (a plain struct, passed to CUDA kernels by
+// value): logits, target (indices or probabilities), the class weights in the
+// opmath type and their sum W (both absent without a weight: W = C).
+template <class S, class A = at::opmath_type<S>>
+struct CrossEntropyRows {
+  const A* w = nullptr;
+  const A* W = nullptr;  // on the logits' device: CUDA reads it in the kernel
+  const S* x = nullptr;
+  const S* y = nullptr;
+  const int64_t* tgt = nullptr;
+};
+
+// The rows of a CrossEntropyArgs, with the converted weights kept alive.
+template <class S, class A = at::opmath_type<S>>
+struct CrossEntropyInputs : CrossEntropyRows<S, A> {
+  at::Tensor weight, weight_sum;
+
+  explicit CrossEntropyInputs(const CrossEntropyArgs& a) {
+    this->x = a.logits.const_data_ptr<S>();
+    if (a.p.has_weight) {
+      weight = a.weight.to(c10::CppTypeToScalarType<A>::value);
+      weight_sum = weight.sum();  // no host sync on CUDA
+      this->w = weight.const_data_ptr<A>();
+      this->W = weight_sum.const_data_ptr<A>();
+    }
+    if (a.p.prob_target) {
+      this->y = a.target.const_data_ptr<S>();
+    } else {
+      this->tgt = a.target.const_data_ptr<int64_t>();
+    }
+  }
+  CrossEntropyRows<S, A> rows() const { return *this; }
+};
 
 }  // namespace fastact
