@@ -63,6 +63,8 @@ def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.f
     t = torch.randint(0, v, (n,), device=device)
     impls = {"fastact": lambda: F.linear_cross_entropy(x, w, t),
              "eager": lambda: torch.nn.functional.cross_entropy((x @ w.t()).float(), t)}
+    if dtype != torch.float32:  # grad_weight accumulated in float32 (torch's precision)
+        impls["fastact-fp32acc"] = lambda: F.linear_cross_entropy(x, w, t, accum_dtype=torch.float32)
     lg = liger() if device == "cuda" else None
     if lg is not None:
         impls["liger"] = lambda: lg(w, x, t)
@@ -71,6 +73,7 @@ def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.f
         timer = Timer(device, warmup=1, repeats=3)
     rows, eager_ms = [], None
     logits_mb = n * v * x.element_size() / 2**20
+    grads_mb = (n * h + v * h) * x.element_size() / 2**20  # the returned gradients themselves
     for impl, f in impls.items():
         fn = lambda: torch.autograd.grad(f(), (x, w))  # noqa: E731
         ms = timer(fn)
@@ -82,10 +85,12 @@ def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.f
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
             peak = cpu_peak_mb(impl == "fastact", (n, h, v)) if impl in ("fastact", "eager") else None
+        extra = None if peak is None else {"logits_mb": logits_mb, "extra_mb": peak - grads_mb,
+                                           "extra_pct_of_logits": 100 * (peak - grads_mb) / logits_mb}
         eager_ms = ms if impl == "eager" else eager_ms
         rows.append(Row(op=f"linear_cross_entropy[N={n},H={h},V={v}]", case="fwd+bwd", impl=impl,
                         dtype=str(dtype).replace("torch.", ""), shape=f"({n}, {h}) x ({v}, {h})", ms=ms,
-                        gbps=0.0, pct_copy=0.0, peak_mb=peak, extra={"logits_mb": logits_mb}))
+                        gbps=0.0, pct_copy=0.0, peak_mb=peak, extra=extra or {"logits_mb": logits_mb}))
         if progress:
             progress()
     for r in rows:

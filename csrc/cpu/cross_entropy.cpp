@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <cmath>
 
+#include "fastact/alloc.h"
 #include "fastact/cross_entropy_ops.h"
 
 namespace fastact {
@@ -30,7 +31,7 @@ inline A capped(A x, A cap) {
 }
 
 template <bool kCap, bool kWeight, bool kProb, class S, class A = at::opmath_type<S>>
-RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t, const CrossEntropyParams& p) {
+FA_CPU_CLONES RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t, const CrossEntropyParams& p) {
   const int64_t C = p.classes;
   const A cap = p.softcap;
   // The max skips NaN (comparisons with NaN are false); a NaN logit still
@@ -171,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
 // d(logits) of one row; dr may alias xr (the in-place op): each element is
 // read before it is written, and the target's element is computed first.
 template <bool kCap, bool kWeight, bool kProb, class S, class A>
-void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r, A W,
+FA_CPU_CLONES void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r, A W,
                   const CrossEntropyParams& p, S* dr) {
   const int64_t C = p.classes;
   const A cap = p.softcap, keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
@@ -250,7 +251,7 @@ at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad, const at::Ten
   const CrossEntropyArgs a =
       cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
   check_rows_grad(grad, lse, a);
-  at::Tensor dx = at::empty_like(a.logits);
+  at::Tensor dx = new_like(a.logits);
   backward_into(grad, a, lse, dx);
   return dx;
 }

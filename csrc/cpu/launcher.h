@@ -10,13 +10,8 @@
 #include <ATen/Parallel.h>
 
 #include "fastact/elementwise.h"
+#include "fastact/macros.h"
 #include "fastact/philox.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
-#define FA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FA_CPU_CLONES
-#endif
 
 namespace fastact {
 

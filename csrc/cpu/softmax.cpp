@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fastact/alloc.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
 #include "fastact/math.h"
@@ -19,7 +20,7 @@ namespace fastact {
 namespace {
 
 template <class S, class A = at::opmath_type<S>>
-void softmax_row(const S* x, S* y, int64_t C, bool log) {
+FA_CPU_CLONES void softmax_row(const S* x, S* y, int64_t C, bool log) {
   A m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t c = 0; c < C; ++c) m = static_cast<A>(x[c]) > m ? static_cast<A>(x[c]) : m;
@@ -44,7 +45,7 @@ void softmax_row(const S* x, S* y, int64_t C, bool log) {
 }
 
 template <class S, class A = at::opmath_type<S>>
-void softmax_row_backward(const S* dy, const S* y, S* dx, int64_t C, bool log) {
+FA_CPU_CLONES void softmax_row_backward(const S* dy, const S* y, S* dx, int64_t C, bool log) {
   A s = 0;
   if (log) {
 #pragma omp simd reduction(+ : s)
@@ -66,7 +67,7 @@ at::Tensor softmax_rows_cpu(const at::Tensor& input, bool log) {
   check_float(input, op);
   TORCH_CHECK_VALUE(input.dim() == 2, op, ": expected [rows, classes], got ", input.sizes());
   at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = new_like(x);
   const int64_t C = x.size(1);
   FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.softmax", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -84,7 +85,7 @@ at::Tensor softmax_rows_backward_cpu(const at::Tensor& grad, const at::Tensor& o
   check_like(grad, output, op, "grad_output", "output");
   at::Tensor y = output.contiguous();
   at::Tensor dy = grad.contiguous();
-  at::Tensor dx = at::empty_like(y);
+  at::Tensor dx = new_like(y);
   const int64_t C = y.size(1);
   FA_DISPATCH_FLOATING(y.scalar_type(), "fastact.softmax", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();

@@ -7,6 +7,7 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
 
+#include "fastact/alloc.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
 #include "fastact/elementwise.h"
@@ -55,7 +56,7 @@ struct ActivationOps {
     check_float(self, kName);
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     run_forward(f, x, out);
     return out;
   }
@@ -82,7 +83,7 @@ struct ActivationOps {
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
     at::Tensor dy = same_layout(grad_output, x);
-    at::Tensor dx = at::empty_like(x);
+    at::Tensor dx = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), kName, [&] {
       L::run(UnaryBwd<F>{f}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
     });

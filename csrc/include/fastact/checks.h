@@ -1,6 +1,7 @@
 #pragma once
 // Argument checks shared by every op. Each message starts with the op's name
 // ("fastact.relu: ...") so that a user sees which call was wrong.
+#include "fastact/alloc.h"
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -33,7 +34,7 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* o
 // that is not gets copied into the layout empty_like would choose, which is
 // also what the fake kernels report.
 inline at::Tensor dense(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t);
+  return t.is_non_overlapping_and_dense() ? t : new_like(t).copy_(t);
 }
 
 // `t` in the memory layout of the dense tensor `like`, so that flat index i
@@ -41,7 +42,7 @@ inline at::Tensor dense(const at::Tensor& t) {
 inline at::Tensor same_layout(const at::Tensor& t, const at::Tensor& like) {
   return t.strides() == like.strides() && t.is_non_overlapping_and_dense()
              ? t
-             : at::empty_like(like).copy_(t);
+             : new_like(like).copy_(t);
 }
 
 }  // namespace fastact

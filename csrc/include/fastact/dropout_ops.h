@@ -18,6 +18,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "fastact/alloc.h"
 #include "fastact/activation_ops.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
@@ -155,7 +156,7 @@ struct DropoutOps {
     const KeepMask m = keep_mask(input, p, seed, op);
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
       L::run(DropoutOp{{m}}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
@@ -183,7 +184,7 @@ struct DropoutOps {
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
     at::Tensor r = residual.contiguous();
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     const at::Tensor b = bias_or_zeros(x, bias, op);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.bias_dropout_add", [&] {
       L::run(BiasDropoutAddOp{{m}}, rows_with_bias<scalar_t, 3>({&x, &r}, b, out));
@@ -203,7 +204,7 @@ struct DropoutOps {
     const KeepMask m = keep_mask(input, p, seed, op);
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     const at::Tensor b = bias_or_zeros(x, bias, op);
     visit_activation(activation, op, [&](auto f) {
       using F = decltype(f);
@@ -225,7 +226,7 @@ struct DropoutOps {
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
     at::Tensor dy = grad_output.contiguous();
-    at::Tensor dx = at::empty_like(x);
+    at::Tensor dx = new_like(x);
     const at::Tensor b = bias_or_zeros(x, bias, op);
     visit_activation(activation, op, [&](auto f) {
       using F = decltype(f);

@@ -13,6 +13,7 @@
 
 #include <tuple>
 
+#include "fastact/alloc.h"
 #include "fastact/activation_ops.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
@@ -68,7 +69,7 @@ struct GluOps {
     const c10::OptionalDeviceGuard guard(gate_in.device());
     at::Tensor gate = dense(gate_in);
     at::Tensor up = same_layout(up_in, gate);
-    at::Tensor out = at::empty_like(gate);
+    at::Tensor out = new_like(gate);
     FA_DISPATCH_FLOATING(gate.scalar_type(), kName, [&] {
       L::run(GatedFwd<F>{f}, flat_args<scalar_t, 2, 1>({&gate, &up}, {&out}));
     });
@@ -86,8 +87,8 @@ struct GluOps {
     at::Tensor gate = dense(gate_in);
     at::Tensor up = same_layout(up_in, gate);
     at::Tensor dy = same_layout(grad_output, gate);
-    at::Tensor d_gate = at::empty_like(gate);
-    at::Tensor d_up = at::empty_like(gate);
+    at::Tensor d_gate = new_like(gate);
+    at::Tensor d_up = new_like(gate);
     FA_DISPATCH_FLOATING(gate.scalar_type(), kName, [&] {
       L::run(GatedBwd<F>{f}, flat_args<scalar_t, 3, 2>({&dy, &gate, &up}, {&d_gate, &d_up}));
     });
@@ -109,7 +110,7 @@ struct GluOps {
     const PackedSplit s = packed_split(input, dim, kName);
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
-    at::Tensor out = at::empty(s.out_sizes, x.options());
+    at::Tensor out = new_tensor(s.out_sizes, x.options());
     FA_DISPATCH_FLOATING(x.scalar_type(), kName, [&] {
       ElementwiseArgs<scalar_t, 2, 1> a{};
       a.rows = s.outer;
@@ -145,7 +146,7 @@ struct GluOps {
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = input.contiguous();
     at::Tensor dy = grad_output.contiguous();
-    at::Tensor dx = at::empty_like(x);
+    at::Tensor dx = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), kName, [&] {
       ElementwiseArgs<scalar_t, 3, 2> a{};
       a.rows = s.outer;

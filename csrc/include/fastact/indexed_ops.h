@@ -12,6 +12,7 @@
 
 #include <tuple>
 
+#include "fastact/alloc.h"
 #include "fastact/activation_ops.h"
 #include "fastact/activations.h"
 #include "fastact/checks.h"
@@ -147,7 +148,7 @@ struct IndexedOps {
     check_float(self, "fastact.prelu");
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = self.contiguous();
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.prelu", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor w = prelu_weight(x, weight, c10::CppTypeToScalarType<T>::value);
@@ -165,14 +166,14 @@ struct IndexedOps {
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = self.contiguous();
     at::Tensor dy = grad_output.contiguous();
-    at::Tensor dx = at::empty_like(x);
+    at::Tensor dx = new_like(x);
     at::Tensor dw;
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.prelu", [&] {
       using T = at::opmath_type<scalar_t>;
       const auto opmath = c10::CppTypeToScalarType<T>::value;
       at::Tensor w = prelu_weight(x, weight, opmath);
       ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
-      at::Tensor share = at::empty_like(x);
+      at::Tensor share = new_like(x);
       L::run(PReluBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
       // The weight's gradient sums the shares over all but the channel dim.
       if (w.numel() == 1) {
@@ -189,7 +190,7 @@ struct IndexedOps {
     check_float(self, "fastact.swish");
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = self.contiguous();
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
@@ -207,14 +208,14 @@ struct IndexedOps {
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = self.contiguous();
     at::Tensor dy = grad_output.contiguous();
-    at::Tensor dx = at::empty_like(x);
+    at::Tensor dx = new_like(x);
     at::Tensor dbeta;
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
       ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
       // The per-element share of d(beta) is kept in scalar_t; the sum runs in opmath.
-      at::Tensor share = at::empty_like(x);
+      at::Tensor share = new_like(x);
       L::run(SwishBetaBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
       const int64_t features = b.numel() == 1 ? 1 : x.size(-1);
       dbeta = share.view({-1, features}).sum(0, false, c10::CppTypeToScalarType<T>::value);
@@ -230,7 +231,7 @@ struct IndexedOps {
     RandomSlope r = rrelu_slope(lower, upper, seed);
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
       L::run(RReluFwd{r}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
@@ -245,7 +246,7 @@ struct IndexedOps {
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
     at::Tensor dy = same_layout(grad_output, x);
-    at::Tensor dx = at::empty_like(x);
+    at::Tensor dx = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
       L::run(RReluBwd{r}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
     });

@@ -11,3 +11,12 @@
 // Removes the parentheses around a macro argument: FA_STRIP (double, double)
 // expands to `double, double`. The op list writes C++ argument types this way.
 #define FA_STRIP(...) __VA_ARGS__
+
+// CPU loops built twice: an AVX2 copy that the loader picks on CPUs that have
+// it (with libmvec's 8-wide exp/log/tanh) and a baseline copy for the rest.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && \
+    !defined(__CUDACC__)
+#define FA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FA_CPU_CLONES
+#endif

@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "fastact/alloc.h"
 #include "fastact/activation_ops.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
@@ -43,7 +44,7 @@ struct MseOps {
     const c10::OptionalDeviceGuard guard(input.device());
     at::Tensor x = dense(input);
     at::Tensor t = same_layout(target, x);
-    at::Tensor out = at::empty_like(x);
+    at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), kName, [&] {
       L::run(SquaredDiffFwd{}, flat_args<scalar_t, 2, 1>({&x, &t}, {&out}));
     });
@@ -60,8 +61,8 @@ struct MseOps {
     at::Tensor x = dense(input);
     at::Tensor t = same_layout(target, x);
     at::Tensor g = same_layout(grad, x);
-    at::Tensor dx = at::empty_like(x);
-    at::Tensor dt = at::empty_like(x);
+    at::Tensor dx = new_like(x);
+    at::Tensor dt = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), kName, [&] {
       L::run(SquaredDiffBwd{}, flat_args<scalar_t, 3, 2>({&g, &x, &t}, {&dx, &dt}));
     });
