@@ -1,5 +1,6 @@
-"""Cross-entropy: forward, backward and forward+backward of the logits,
-fastact vs eager vs torch.compile vs Liger-Kernel's (CUDA, when importable)."""
+"""Cross-entropy, softmax / log_softmax and mse_loss: forward, backward and
+forward+backward, fastact vs eager vs torch.compile vs Liger-Kernel's and
+quack's (CUDA, when importable; `baselines()` says which were)."""
 from __future__ import annotations
 
 import torch
@@ -24,6 +25,27 @@ def liger_ce():
     return LigerCrossEntropyLoss()
 
 
+def quack_ce():
+    try:
+        from quack import cross_entropy
+    except Exception:
+        return None
+    return cross_entropy
+
+
+def quack_softmax():
+    try:
+        from quack import softmax
+    except Exception:
+        return None
+    return softmax
+
+
+def baselines() -> dict:
+    """Which optional baselines this run could import."""
+    return {"liger": liger_ce() is not None, "quack": quack_ce() is not None}
+
+
 def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None):
     rows = []
     for n, v in shapes(device, full):
@@ -38,8 +60,43 @@ def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.f
             liger = liger_ce() if device == "cuda" else None
             if liger is not None:
                 impls["liger"] = lambda z: liger(z, t)
+            quack = quack_ce() if device == "cuda" and dtype != torch.float64 else None
+            if quack is not None:
+                impls["quack"] = lambda z: quack(z, t)
             # logits read once forward; read once and the gradient written once backward
             rows += time_cases(f"cross_entropy[V={v}]", x, impls, timer, copy_gbps,
                                bytes_of={"fwd": nbytes, "bwd": 2 * nbytes, "fwd+bwd": 3 * nbytes},
                                progress=progress)
+    rows += run_softmax_mse(device, timer, copy_gbps, full, with_compile, dtypes, progress)
+    return rows
+
+
+def run_softmax_mse(device, timer, copy_gbps, full, with_compile, dtypes, progress):
+    rows = []
+    n, v = (8192, 32000) if device == "cuda" else (1024, 32000)
+    for dtype in dtypes:
+        x = torch.randn(n, v, device=device, dtype=dtype).requires_grad_(True)
+        nbytes = x.numel() * x.element_size()
+        cases = [("softmax", F.softmax, lambda z: torch.softmax(z, -1), quack_softmax())]
+        if full:
+            cases.append(("log_softmax", F.log_softmax, lambda z: torch.log_softmax(z, -1), None))
+        for name, ours, eager, quack in cases:
+            impls = {"fastact": lambda z, f=ours: f(z, -1), "eager": eager}
+            if with_compile:
+                impls["compile"] = torch.compile(eager, dynamic=False)
+            if quack is not None and device == "cuda" and dtype != torch.float64:
+                impls["quack"] = quack
+            # forward reads x, writes y; backward reads y and dy, writes dx
+            rows += time_cases(f"{name}[V={v}]", x, impls, timer, copy_gbps,
+                               bytes_of={"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes},
+                               progress=progress)
+        target = torch.randn_like(x).detach()
+        impls = {"fastact": lambda z: F.mse_loss(z, target),
+                 "eager": lambda z: torch.nn.functional.mse_loss(z, target)}
+        if with_compile:
+            impls["compile"] = torch.compile(impls["eager"], dynamic=False)
+        # forward reads input and target; backward reads both, writes the gradient
+        rows += time_cases("mse_loss", x, impls, timer, copy_gbps,
+                           bytes_of={"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes},
+                           progress=progress)
     return rows

@@ -153,6 +153,8 @@ def markdown_table(rows: list[Row], ctx: dict) -> str:
         f"Device: {ctx['device_name']} · torch {ctx['torch']} (CUDA {ctx['cuda']}) · "
         f"fastact {ctx['fastact']} @ {ctx['commit']} · {ctx['date']}",
         f"Copy bandwidth measured in this run: {ctx.get('copy_gbps', 0):.1f} GB/s",
+        "Baselines: " + ", ".join(f"{k} {'yes' if ok else 'no (not importable or disabled)'}"
+                                  for k, ok in ctx.get("baselines", {}).items()),
         "",
         "| op | case | dtype | shape | impl | ms | GB/s | % copy | vs eager |",
         "|---|---|---|---|---|---:|---:|---:|---:|",

@@ -32,6 +32,10 @@ def main() -> int:
     ctx = context(device)
     ctx["copy_gbps"] = copy_bandwidth(device, timer)
     print(f"{ctx['device_name']}: copy bandwidth {ctx['copy_gbps']:.1f} GB/s")
+    ctx["baselines"] = {"compile": not args.no_compile, **bench_losses.baselines()}
+    missing = [k for k, ok in ctx["baselines"].items() if not ok]
+    if missing:
+        print("baselines not in this run (not importable or disabled): " + ", ".join(missing))
     dtypes = (torch.float32, torch.bfloat16) if (args.full or device == "cuda") else (torch.float32,)
 
     families = [("activations", bench_activations), ("glu", bench_glu), ("dropout", bench_dropout),

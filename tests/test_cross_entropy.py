@@ -91,6 +91,46 @@ def test_extreme_and_nan_logits(device):
     assert torch.isnan(a[2]) and torch.isfinite(a[[0, 1, 3, 4, 5]]).all()
 
 
+def test_masked_vocabulary_padding(device):
+    # padded vocabulary entries masked with -inf, at the start and end of rows
+    # (a thread's first values being -inf must not poison its running sum)
+    x, t = make((9,), 300, device)
+    x[:, :40] = float("-inf")
+    x[:, 290:] = float("-inf")
+    x[4, :] = float("-inf")
+    x[4, 100] = 2.0
+    t = t.clamp(40, 289)
+    t[4] = 100
+    for kw in (dict(), dict(label_smoothing=0.0, reduction="none")):
+        a, ga, b, gb = both(x, t, **kw)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["index", "weight-smooth", "prob"])
+def test_few_rows_large_vocabulary(kind, dtype, device):
+    # few rows and a large, odd vocabulary: on CUDA each row is split over
+    # several blocks whose partial (max, sum) pairs are merged
+    v = 131075
+    x, t = make((6,), v, device, dtype=dtype, prob=kind == "prob")
+    w = torch.rand(v, device=device, dtype=dtype) if kind == "weight-smooth" else None
+    kw = dict(weight=w, label_smoothing=0.1) if w is not None else {}
+    a, ga, b, gb = both(x, t, reduction="none", **kw)
+    if dtype == torch.float32:
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ga, gb)
+    else:
+        if w is not None:
+            kw["weight"] = w.double()
+        a64, ga64, _, _ = both(x.double(), t.double() if kind == "prob" else t, reduction="none", **kw)
+        # the loss is rounded to bf16 at the end: a flip of one bf16 ulp
+        # (2^-7 relative) against torch's rounding is allowed
+        ulp = 2.0 ** -7 * a64.abs().max()
+        assert (a.double() - a64).abs().max() <= 2 * (b.double() - a64).abs().max() + ulp
+        assert (ga.double() - ga64).abs().max() <= 2 * (gb.double() - ga64).abs().max()
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_dtypes_against_float64(dtype, device):
     x, t = make((64,), 1000, device, dtype=dtype)

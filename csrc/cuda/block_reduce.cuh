@@ -13,38 +13,52 @@ namespace fastact {
 
 constexpr int kRowThreads = 256;
 
+constexpr int kRowWarps = kRowThreads / 32;
+
+template <class A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class A>
+__device__ __forceinline__ OnlineLse<A> warp_lse(OnlineLse<A> v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const OnlineLse<A> other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+    v.merge(other);
+  }
+  return v;
+}
+
+// Block-wide sum (blocks of kRowThreads threads): warp shuffles, then every
+// thread adds the kRowWarps warp sums from shared memory.
 template <class A>
 __device__ A block_sum(A v) {
-  __shared__ A s[kRowThreads];
-  const int tid = threadIdx.x;
-  s[tid] = v;
+  __shared__ A s[kRowWarps];
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = v;
   __syncthreads();
-  for (int half = kRowThreads / 2; half > 0; half /= 2) {
-    if (tid < half) s[tid] += s[tid + half];
-    __syncthreads();
-  }
-  const A total = s[0];
+  A total = 0;
+#pragma unroll
+  for (int i = 0; i < kRowWarps; ++i) total += s[i];
   __syncthreads();
   return total;
 }
 
 template <class A>
 __device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
-  __shared__ A m[kRowThreads], s[kRowThreads];
-  const int tid = threadIdx.x;
-  m[tid] = v.m;
-  s[tid] = v.s;
-  __syncthreads();
-  for (int half = kRowThreads / 2; half > 0; half /= 2) {
-    if (tid < half) {
-      OnlineLse<A> a{m[tid], s[tid]}, b{m[tid + half], s[tid + half]};
-      a.merge(b);
-      m[tid] = a.m;
-      s[tid] = a.s;
-    }
-    __syncthreads();
+  __shared__ A m[kRowWarps], s[kRowWarps];
+  v = warp_lse(v);
+  if (threadIdx.x % 32 == 0) {
+    m[threadIdx.x / 32] = v.m;
+    s[threadIdx.x / 32] = v.s;
   }
-  const OnlineLse<A> total{m[0], s[0]};
+  __syncthreads();
+  OnlineLse<A> total;
+#pragma unroll
+  for (int i = 0; i < kRowWarps; ++i) total.merge(OnlineLse<A>{m[i], s[i]});
   __syncthreads();
   return total;
 }
