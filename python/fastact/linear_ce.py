@@ -197,6 +197,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: O
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-row losses of vocabulary-sliced logits. Saves the slice itself (no
+    float32 copy) and the (N,) lse; the target's logit is gathered with a
+    mask, never with nonzero(), so nothing syncs with the host."""
+
     @staticmethod
     def forward(ctx, logits, target, group, ignore_index, smoothing, z_loss):
         import torch.distributed as dist
@@ -204,37 +208,37 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         n, v_local = logits.shape
         v = v_local * world
-        x = logits.float()
-        m = x.max(1).values
+        m = logits.max(1).values.float() if v_local else logits.new_full((n,), float("-inf"), dtype=torch.float32)
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-        sum_exp = torch.exp(x - m[:, None]).sum(1)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        sum_exp = torch.exp(logits.float() - m_safe[:, None]).sum(1)
         dist.all_reduce(sum_exp, group=group)
-        lse = m + torch.log(sum_exp)
-        lo = rank * v_local
-        local_t = target - lo
+        lse = m_safe + torch.log(sum_exp)
+        local_t = target - rank * v_local
         mine = (local_t >= 0) & (local_t < v_local) & (target != ignore_index)
-        z_t = torch.zeros(n, device=x.device)
-        z_t[mine] = x[mine.nonzero().squeeze(1), local_t[mine]]
+        idx = torch.where(mine, local_t, torch.zeros_like(local_t))
+        picked = logits.gather(1, idx[:, None]).squeeze(1).float() if v_local else m.new_zeros(n)
+        z_t = torch.where(mine, picked, torch.zeros_like(picked))
         dist.all_reduce(z_t, group=group)
-        sum_z = x.sum(1)
+        sum_z = logits.float().sum(1)
         dist.all_reduce(sum_z, group=group)
         counted = target != ignore_index
         loss = (1 - smoothing) * (lse - z_t) + smoothing * (lse - sum_z / v) + z_loss * lse * lse
         loss = torch.where(counted, loss, torch.zeros_like(loss))
-        ctx.save_for_backward(x, lse, local_t, mine, counted)
-        ctx.options = (v, smoothing, z_loss, logits.dtype)
+        ctx.save_for_backward(logits, lse, idx, mine, counted)
+        ctx.options = (v, smoothing, z_loss)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x, lse, local_t, mine, counted = ctx.saved_tensors
-        v, smoothing, z_loss, dtype = ctx.options
-        p = torch.exp(x - lse[:, None])
+        logits, lse, idx, mine, counted = ctx.saved_tensors
+        v, smoothing, z_loss = ctx.options
+        p = torch.exp(logits.float() - lse[:, None])
         d = p * (1 + 2 * z_loss * lse[:, None]) - smoothing / v
-        rows = mine.nonzero().squeeze(1)
-        d[rows, local_t[mine]] -= 1 - smoothing
+        if d.shape[1]:
+            d.scatter_add_(1, idx[:, None], (-(1 - smoothing) * mine.to(d.dtype))[:, None])
         d = d * (grad_loss * counted)[:, None]
-        return d.to(dtype), None, None, None, None, None
+        return d.to(logits.dtype), None, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: Tensor, target: Tensor, group=None, ignore_index: int = -100,
