@@ -97,6 +97,9 @@ TORCH_LIBRARY(fastact, m) {
   // mse_loss's elementwise part (mse_ops.h); the reduction is a torch op.
   m.def("squared_difference(Tensor input, Tensor target) -> Tensor");
   m.def("squared_difference_backward(Tensor grad_output, Tensor input, Tensor target) -> (Tensor, Tensor)");
+  // mean/sum: sum((x - t)^2) fused (a 0-dim float32/64), and its input gradient.
+  m.def("squared_difference_sum(Tensor input, Tensor target) -> Tensor");
+  m.def("squared_difference_sum_backward(Tensor grad, Tensor input, Tensor target) -> Tensor");
 
   // Introspection for the Python layer, the tests and the benchmarks.
   m.def("_activation_ops() -> str[]", &activation_ops);
