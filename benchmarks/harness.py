@@ -156,13 +156,16 @@ def markdown_table(rows: list[Row], ctx: dict) -> str:
         "Baselines: " + ", ".join(f"{k} {'yes' if ok else 'no (not importable or disabled)'}"
                                   for k, ok in ctx.get("baselines", {}).items()),
         "",
-        "| op | case | dtype | shape | impl | ms | GB/s | % copy | vs eager |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        "| op | case | dtype | shape | impl | ms | GB/s | % copy | peak MB | vs eager |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         sp = "" if r.speedup_vs_eager is None else f"{r.speedup_vs_eager:.2f}×"
+        peak = "" if r.peak_mb is None else f"{r.peak_mb:.0f}"
+        if r.extra.get("extra_pct_of_logits") is not None:
+            peak += f" ({r.extra['extra_pct_of_logits']:.1f} % of logits beyond grads)"
         lines.append(f"| {r.op} | {r.case} | {r.dtype} | {r.shape} | {r.impl} | {r.ms:.3f} | "
-                     f"{r.gbps:.1f} | {r.pct_copy:.1f} | {sp} |")
+                     f"{r.gbps:.1f} | {r.pct_copy:.1f} | {peak} | {sp} |")
     return "\n".join(lines) + "\n"
 
 
