@@ -71,9 +71,15 @@ class Timer:
         self._flush = torch.empty(64 * 2**20, dtype=torch.int8, device="cuda") if device == "cuda" else None
 
     def __call__(self, fn: Callable[[], object]) -> float:
-        """Median time of fn() in milliseconds."""
+        """Median time of fn() in milliseconds, after warm-up: `warmup` calls
+        and, on the CPU, at least 0.1 s of calls (the steady state of a
+        training loop: allocator and page reuse settled)."""
         for _ in range(self.warmup):
             fn()
+        if self.device != "cuda":
+            t_end = time.perf_counter() + 0.1
+            while time.perf_counter() < t_end:
+                fn()
         times = []
         if self.device == "cuda":
             for _ in range(self.repeats):
