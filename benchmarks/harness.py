@@ -181,6 +181,10 @@ def time_cases(op: str, x: torch.Tensor, impls: dict, timer: Timer, copy_gbps: f
     (a function of x) on the same input and gradient; the first one named
     "eager" is the speedup baseline."""
     rows = []
+    # The compile baselines of a family often share one lambda's code object;
+    # dynamo caches a bounded number of compilations per code object and runs
+    # eagerly past it, so each op starts from a clean cache.
+    torch._dynamo.reset()
     y0 = impls["eager"](x)
     dy = torch.randn_like(y0)
     del y0

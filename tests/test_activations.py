@@ -401,3 +401,13 @@ def test_cuda_runs_on_current_stream():
         y = F.gelu(x)
     s.synchronize()
     torch.testing.assert_close(y, torch.nn.functional.gelu(x))
+
+
+def test_double_backward_of_parametrized(device):
+    # prelu (weight) and swish with a tensor beta: second derivatives through
+    # the plain-torch formula, checked numerically in float64
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.rand(6, dtype=torch.float64, device=device, requires_grad=True)
+    beta = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: F.prelu(a, b), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: F.swish(a, b), (x, beta))

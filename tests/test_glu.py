@@ -218,3 +218,15 @@ def test_glu_module_and_patch():
     assert isinstance(model[0], torch.nn.Linear) and type(model[0]) is torch.nn.Linear
     assert model.fastact_patched == {"GLU": 1}
     torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}{p}" for n, p in CASES])
+def test_double_backward(name, params, device):
+    # second derivatives (gradient penalties, Hessian-vector products) go
+    # through the plain-torch formula: checked numerically in float64
+    gate = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    up = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(3, 10, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: call(name, a, b, -1, params), (gate, up))
+    assert torch.autograd.gradgradcheck(lambda a: call(name, a, None, 1, params), (x,))
+    assert torch.autograd.gradgradcheck(lambda a: F.glu(a, 1), (x,))

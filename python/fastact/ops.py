@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch.library import register_autograd, register_fake
+from . import reference
 
 __all__ = ["ACTIVATIONS"]
 
@@ -51,6 +52,34 @@ def _second_derivative_term(name, x, params, weight):
             return torch.zeros_like(x)
         (d2,) = torch.autograd.grad(d1, xx, weight, allow_unused=True)
     return torch.zeros_like(x) if d2 is None else d2
+
+
+def _register_double_backward(op: str, n_in: int, ref) -> None:
+    """Double backward of the backward op ``op(grad, *inputs, *params)``, which
+    returns the gradients of the ``n_in`` inputs: its vector-Jacobian product
+    taken through the plain-torch formula ``ref(*inputs, *params)`` (correct,
+    not fused; what gradient penalties and Hessian-vector products need)."""
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n_in + 1])
+        ctx.params = tuple(inputs[n_in + 1:])
+
+    def backward(ctx, *ggs):
+        saved = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in saved]
+            y = ref(*leaves[1:], *ctx.params)
+            firsts = torch.autograd.grad(y, leaves[1:], leaves[0], create_graph=True)
+            pairs = [(f, g) for f, g in zip(firsts, ggs) if g is not None and f.requires_grad]
+            outs = [None] * len(leaves)
+            if pairs:
+                outs = torch.autograd.grad([f for f, _ in pairs], leaves, [g for _, g in pairs],
+                                           allow_unused=True)
+        outs = [torch.zeros_like(t) if o is None else o for o, t in zip(outs, saved)]
+        outs = [o if need else None for o, need in zip(outs, ctx.needs_input_grad)]
+        return tuple(outs) + (None,) * len(ctx.params)
+
+    register_autograd(f"fastact::{op}", backward, setup_context=setup)
 
 
 def _register_activation(name: str) -> None:
@@ -133,6 +162,8 @@ def _swish_beta_backward(ctx, grad):
 
 
 register_autograd("fastact::swish_beta", _swish_beta_backward, setup_context=_prelu_setup)
+_register_double_backward("prelu_backward", 2, torch.nn.functional.prelu)
+_register_double_backward("swish_beta_backward", 2, lambda x, beta: x * torch.sigmoid(beta * x))
 
 
 @register_fake("fastact::rrelu_train")
@@ -209,6 +240,10 @@ def _register_glu(name: str) -> None:
     register_fake(f"fastact::{name}_packed_backward")(fake_packed_backward)
     register_autograd(f"fastact::{name}", backward, setup_context=setup)
     register_autograd(f"fastact::{name}_packed", backward_packed, setup_context=setup_packed)
+    _register_double_backward(f"{name}_backward", 2,
+                              lambda gate, up, *params: reference.gated(name, gate, up, -1, *params))
+    _register_double_backward(f"{name}_packed_backward", 1,
+                              lambda x, dim, *params: reference.gated(name, x, None, dim, *params))
 
 
 for _name in GLUS:
@@ -236,3 +271,4 @@ def _glu_backward(ctx, grad):
 
 
 register_autograd("fastact::glu", _glu_backward, setup_context=_glu_setup)
+_register_double_backward("glu_backward", 1, torch.nn.functional.glu)
