@@ -150,22 +150,27 @@ def test_bad_input():
         F.linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long), reduction="x")
 
 
-def _vocab_parallel_worker(rank, world, init_file, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _vocab_parallel_worker(rank, world, init_file, result_file, backend="gloo"):
+    device = "cpu"
+    if backend == "nccl":
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     n, v = 13, 8 * world
-    full = torch.randn(n, v, dtype=torch.float64)
-    target = torch.randint(0, v, (n,))
+    full = torch.randn(n, v, dtype=torch.float64).to(device)
+    target = torch.randint(0, v, (n,)).to(device)
     target[2] = -100
     out = {}
     for case, kw in {"plain": {}, "smooth": dict(label_smoothing=0.2), "zloss": dict(z_loss=1e-2),
                      "sum": dict(reduction="sum"), "none": dict(reduction="none")}.items():
         sl = full[:, rank * 8:(rank + 1) * 8].clone().requires_grad_(True)
         loss = F.vocab_parallel_cross_entropy(sl, target, **kw)
-        g = torch.linspace(0.5, 1.5, loss.numel(), dtype=torch.float64).view(loss.shape) if loss.dim() else None
+        g = torch.linspace(0.5, 1.5, loss.numel(), dtype=torch.float64, device=device).view(loss.shape) \
+            if loss.dim() else None
         loss.backward(g)
         ref_in = full.clone().requires_grad_(True)
-        ref = unfused(ref_in, torch.eye(v, dtype=torch.float64), target, **kw)
+        ref = unfused(ref_in, torch.eye(v, dtype=torch.float64, device=device), target, **kw)
         ref.backward(g)
         out[case] = (torch.allclose(loss, ref), torch.allclose(sl.grad, ref_in.grad[:, rank * 8:(rank + 1) * 8]))
     torch.save(out, f"{result_file}.{rank}")
@@ -177,6 +182,20 @@ def test_vocab_parallel_matches_cross_entropy(world):
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "result")
         mp.spawn(_vocab_parallel_worker, args=(world, init_file, result), nprocs=world, join=True)
+        for rank in range(world):
+            res = torch.load(f"{result}.{rank}")
+            for case, (loss_ok, grad_ok) in res.items():
+                assert loss_ok and grad_ok, (rank, case, loss_ok, grad_ok)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="no CUDA device / NCCL")
+def test_vocab_parallel_nccl():
+    # one rank per GPU (NCCL does not share a device between ranks): on a
+    # single-GPU machine this checks the CUDA path of the all-reduces
+    world = min(2, torch.cuda.device_count())
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "result")
+        mp.spawn(_vocab_parallel_worker, args=(world, init_file, result, "nccl"), nprocs=world, join=True)
         for rank in range(world):
             res = torch.load(f"{result}.{rank}")
             for case, (loss_ok, grad_ok) in res.items():

@@ -133,6 +133,31 @@ def _losses_case(device: str) -> Optional[str]:
     return "; ".join(problems) or None
 
 
+def _lm_head_case(device: str) -> Optional[str]:
+    # a few rows of a large, odd vocabulary (on CUDA each row is split over
+    # blocks), and the fused linear cross-entropy against matmul + cross_entropy
+    x = torch.randn(4, 131075, device=device, requires_grad=True)
+    t = torch.tensor([0, 131074, -100, 77], device=device)
+    a = F.cross_entropy(x, t, label_smoothing=0.1)
+    (ga,) = torch.autograd.grad(a, x)
+    b = torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1)
+    (gb,) = torch.autograd.grad(b, x)
+    msg = _compare("cross_entropy large vocab forward", a.detach(), b.detach(), 1e-4, 1e-5) or \
+        _compare("cross_entropy large vocab backward", ga, gb, 1e-4, 1e-7)
+    if msg:
+        return msg
+    h = torch.randn(40, 32, device=device, requires_grad=True)
+    w = (torch.randn(1000, 32, device=device) / 6).requires_grad_(True)
+    t = torch.randint(0, 1000, (40,), device=device)
+    a = F.linear_cross_entropy(h, w, t, chunk_size=16)
+    ga = torch.autograd.grad(a, (h, w))
+    b = torch.nn.functional.cross_entropy(h @ w.t(), t)
+    gb = torch.autograd.grad(b, (h, w))
+    return _compare("linear_cross_entropy forward", a.detach(), b.detach(), 1e-4, 1e-5) or \
+        _compare("linear_cross_entropy grad hidden", ga[0], gb[0], 1e-4, 1e-6) or \
+        _compare("linear_cross_entropy grad weight", ga[1], gb[1], 1e-4, 1e-6)
+
+
 def cases() -> Iterator[tuple[str, Case]]:
     for name in ACTIVATIONS:
         for params in R.params(name):
@@ -145,6 +170,7 @@ def cases() -> Iterator[tuple[str, Case]]:
     yield "glu", _glu_case_torch
     yield "dropout family", _dropout_case
     yield "losses", _losses_case
+    yield "lm head", _lm_head_case
 
 
 def devices() -> list[str]:
