@@ -78,21 +78,31 @@ struct Gelu {
   static constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1/sqrt(2*pi)
   static constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2/pi)
   static constexpr double kKappa = 0.044715;
+  // sigmoid(v) and sigmoid(-v), each without cancellation (e = exp(-|v|) <= 1).
+  template <class T> FA_HD static void sigmoid_pair(T v, T& s, T& s_neg) {
+    const T e = m::exp(-m::abs(v));
+    const T big = T(1) / (T(1) + e);  // sigmoid(|v|)
+    const T small = e * big;          // sigmoid(-|v|)
+    s = v >= T(0) ? big : small;
+    s_neg = v >= T(0) ? small : big;
+  }
   template <class T> FA_HD T fwd(T x) const {
     if (tanh_form) {
-      T inner = T(kSqrt2OverPi) * (x + T(kKappa) * x * x * x);
-      return T(0.5) * x * (T(1) + m::tanh(inner));
+      // 0.5 x (1 + tanh(u)) = x sigmoid(2u): no cancellation for u << 0
+      T s, s_neg;
+      sigmoid_pair(T(2) * T(kSqrt2OverPi) * (x + T(kKappa) * x * x * x), s, s_neg);
+      return x * s;
     }
     return x * T(0.5) * (T(1) + m::erf(x * T(kSqrt1_2)));
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
     if (tanh_form) {
+      // with t = tanh(u): 0.5 (1 + t) = sigmoid(2u), 1 - t^2 = 4 sigmoid(2u) sigmoid(-2u)
       T x_sq = x * x;
-      T t = m::tanh(T(kSqrt2OverPi) * (x + T(kKappa) * x_sq * x));
-      T left_derivative = T(0.5) * (T(1) + t);
-      T right_derivative =
-          T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kKappa) * x_sq);
-      return dy * (left_derivative + right_derivative);
+      T s, s_neg;
+      sigmoid_pair(T(2) * T(kSqrt2OverPi) * (x + T(kKappa) * x_sq * x), s, s_neg);
+      T right_derivative = T(2) * x * s * s_neg * T(kSqrt2OverPi) * (T(1) + T(3 * kKappa) * x_sq);
+      return dy * (s + right_derivative);
     }
     T cdf = T(0.5) * (T(1) + m::erf(x * T(kSqrt1_2)));
     T pdf = m::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);

@@ -16,7 +16,7 @@
 // it (with libmvec's 8-wide exp/log/tanh) and a baseline copy for the rest.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && \
     !defined(__CUDACC__)
-#define FA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define FA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FA_CPU_CLONES
 #endif
