@@ -25,9 +25,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit() -> str:
+    """The short commit, with "-dirty" when tracked code differs from it (the
+    results folders and the README's generated table do not count)."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                       stderr=subprocess.DEVNULL, text=True).strip()
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                         stderr=subprocess.DEVNULL, text=True).strip()
+        changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                           ".", ":!benchmarks/results", ":!README.md"], cwd=ROOT,
+                                          stderr=subprocess.DEVNULL, text=True).strip()
+        return commit + ("-dirty" if changed else "")
     except Exception:
         return "unknown"
 
