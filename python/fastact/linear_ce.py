@@ -27,10 +27,9 @@ def _chunk_rows(n: int, v: int, itemsize: int, chunk_size: Optional[int]) -> int
 
 
 class _Chunks:
-    """The chunk loop: each chunk's logits are computed into one reused buffer,
-    go through the cross-entropy row kernels, are overwritten in place by their
-    gradient, and that gradient is folded into grad_hidden (its own rows,
-    exact), grad_weight and grad_bias (accumulated over the chunks)."""
+    """The chunk loop: yields (start, end, logits) per chunk of tokens, the
+    logits computed into one reused (chunk x V) buffer that the caller may
+    overwrite (with their gradient) before the next chunk."""
 
     def __init__(self, hidden, weight, bias, chunk):
         self.hidden, self.weight, self.bias, self.chunk = hidden, weight, bias, chunk
@@ -116,10 +115,8 @@ class _Grads:
         if self.hidden is not None:
             torch.mm(dz, weight, out=self.hidden[s:e])
         if self.weight is not None:
-            if self.weight.dtype == dz.dtype:
-                self.weight.addmm_(dz.t(), hidden[s:e])
-            else:
-                self.weight.addmm_(dz.t().to(self.weight.dtype), hidden[s:e].to(self.weight.dtype))
+            # (.to is a no-op when the accumulator has the chunk's dtype)
+            self.weight.addmm_(dz.t().to(self.weight.dtype), hidden[s:e].to(self.weight.dtype))
         if self.bias is not None:
             self.bias += dz.sum(0, dtype=self.bias.dtype)
 
@@ -211,7 +208,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         m = logits.max(1).values.float() if v_local else logits.new_full((n,), float("-inf"), dtype=torch.float32)
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        sum_exp = torch.exp(logits.float() - m_safe[:, None]).sum(1)
+        x = logits.float()  # transient: backward recomputes from the saved logits
+        sum_exp = torch.exp(x - m_safe[:, None]).sum(1)
         dist.all_reduce(sum_exp, group=group)
         lse = m_safe + torch.log(sum_exp)
         local_t = target - rank * v_local
@@ -220,7 +218,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         picked = logits.gather(1, idx[:, None]).squeeze(1).float() if v_local else m.new_zeros(n)
         z_t = torch.where(mine, picked, torch.zeros_like(picked))
         dist.all_reduce(z_t, group=group)
-        sum_z = logits.float().sum(1)
+        sum_z = x.sum(1)
+        del x
         dist.all_reduce(sum_z, group=group)
         counted = target != ignore_index
         loss = (1 - smoothing) * (lse - z_t) + smoothing * (lse - sum_z / v) + z_loss * lse * lse

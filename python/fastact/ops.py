@@ -162,8 +162,8 @@ def _swish_beta_backward(ctx, grad):
 
 
 register_autograd("fastact::swish_beta", _swish_beta_backward, setup_context=_prelu_setup)
-_register_double_backward("prelu_backward", 2, torch.nn.functional.prelu)
-_register_double_backward("swish_beta_backward", 2, lambda x, beta: x * torch.sigmoid(beta * x))
+_register_double_backward("prelu_backward", 2, reference.prelu)
+_register_double_backward("swish_beta_backward", 2, reference.ACTIVATIONS["swish"])
 
 
 @register_fake("fastact::rrelu_train")
