@@ -94,7 +94,7 @@ TORCH_LIBRARY(fastact, m) {
   m.def("softmax_rows(Tensor input, bool log) -> Tensor");
   m.def("softmax_rows_backward(Tensor grad_output, Tensor output, bool log) -> Tensor");
 
-  // mse_loss's elementwise part (mse_ops.h); the reduction is a torch op.
+  // mse_loss (mse_ops.h): reduction='none' elementwise, forward and backward.
   m.def("squared_difference(Tensor input, Tensor target) -> Tensor");
   m.def("squared_difference_backward(Tensor grad_output, Tensor input, Tensor target) -> (Tensor, Tensor)");
   // mean/sum: sum((x - t)^2) fused (a 0-dim float32/64), and its input gradient.

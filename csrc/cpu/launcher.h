@@ -4,8 +4,9 @@
 // in opmath, and stores. (`ivdep`, not `omp simd`: under `omp simd` GCC keeps
 // the per-element operand arrays in memory as per-lane arrays and gives up on
 // two or more inputs; plain auto-vectorization scalarizes them.) With libmvec the transcendental calls in the functors
-// vectorize (see math.h); target_clones builds an AVX2 copy of the loop that
-// the loader picks on CPUs that have it, and a baseline copy for the rest.
+// vectorize (see math.h); FA_CPU_CLONES (macros.h) builds AVX-512 and AVX2
+// copies of the loop that the loader picks on CPUs that have them, and a
+// baseline copy for the rest.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 

@@ -12,8 +12,9 @@
 // expands to `double, double`. The op list writes C++ argument types this way.
 #define FA_STRIP(...) __VA_ARGS__
 
-// CPU loops built twice: an AVX2 copy that the loader picks on CPUs that have
-// it (with libmvec's 8-wide exp/log/tanh) and a baseline copy for the rest.
+// CPU loops built three times: AVX-512 and AVX2 copies that the loader picks
+// on CPUs that have them (with libmvec's 16- and 8-wide exp/log/tanh) and a
+// baseline copy for the rest.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && \
     !defined(__CUDACC__)
 #define FA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))

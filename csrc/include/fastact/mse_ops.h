@@ -46,7 +46,7 @@ struct ScaledDiffBwd {
   }
 };
 
-// The checks and layouts of both reduced ops: (x dense, t in x's layout).
+// The checks and layouts of every mse op: (x dense, t in x's layout).
 inline std::tuple<at::Tensor, at::Tensor> mse_operands(const at::Tensor& input, const at::Tensor& target) {
   constexpr const char* op = "fastact.mse_loss";
   check_float(input, op);
@@ -60,11 +60,8 @@ struct MseOps {
   static constexpr const char* kName = "fastact.mse_loss";
 
   static at::Tensor squared_difference(const at::Tensor& input, const at::Tensor& target) {
-    check_float(input, kName);
-    check_like(target, input, kName, "target", "input");
     const c10::OptionalDeviceGuard guard(input.device());
-    at::Tensor x = dense(input);
-    at::Tensor t = same_layout(target, x);
+    auto [x, t] = mse_operands(input, target);
     at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), kName, [&] {
       L::run(SquaredDiffFwd{}, flat_args<scalar_t, 2, 1>({&x, &t}, {&out}));
@@ -75,12 +72,9 @@ struct MseOps {
   static std::tuple<at::Tensor, at::Tensor> squared_difference_backward(const at::Tensor& grad,
                                                                         const at::Tensor& input,
                                                                         const at::Tensor& target) {
-    check_float(input, kName);
-    check_like(target, input, kName, "target", "input");
-    check_like(grad, input, kName, "grad_output", "input");
     const c10::OptionalDeviceGuard guard(input.device());
-    at::Tensor x = dense(input);
-    at::Tensor t = same_layout(target, x);
+    auto [x, t] = mse_operands(input, target);
+    check_like(grad, input, kName, "grad_output", "input");
     at::Tensor g = same_layout(grad, x);
     at::Tensor dx = new_like(x);
     at::Tensor dt = new_like(x);
