@@ -31,13 +31,12 @@ namespace {
 
 constexpr int kThreads = kRowThreads;
 
-// One block's share of a row: the online pair, sum_c w_c z_c (or, for
-// probability targets, sum_c w_c y'_c z_c) and sum_c w_c y'_c, and whether a
-// NaN was seen.
+// One block's share of a row: the online pair (NaN-faithful: a NaN logit
+// leaves s NaN through every merge), sum_c w_c z_c (or, for probability
+// targets, sum_c w_c y'_c z_c) and sum_c w_c y'_c.
 template <class A>
 struct CePartial {
   A m, s, wz, wy;
-  int nan;
 };
 
 template <class A>
@@ -47,9 +46,9 @@ __device__ __forceinline__ A weight_of(const A* w, int64_t c) {
 
 template <class S, class A>
 __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyParams& p, int64_t r,
-                           const OnlineLse<A>& pair, A wz, A wy, bool nan, A* loss, A* lse_out) {
+                           const OnlineLse<A>& pair, A wz, A wy, A* loss, A* lse_out) {
   const int64_t C = p.classes;
-  const A lse = nan ? A(NAN) : pair.value();
+  const A lse = pair.value();
   lse_out[r] = lse;
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A l;
@@ -84,27 +83,13 @@ __global__ void __launch_bounds__(kThreads)
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   OnlineLse<A> pair;
   A wz = 0, wy = 0;
-  bool nan = false;
   for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
     A z[N];
-    A m = pair.m;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      z[j] = ce_cap(static_cast<A>(xv.v[j]), cap);
-      nan |= z[j] != z[j];
-      m = z[j] > m ? z[j] : m;
-    }
-    // one rescale per vector; nothing to add while every value is -inf
-    if (m > pair.m) {
-      pair.s *= ::fastact::math::exp(pair.m - m);
-      pair.m = m;
-    }
-    if (pair.m != -INFINITY) {
-#pragma unroll
-      for (int j = 0; j < N; ++j) pair.s += ::fastact::math::exp(z[j] - pair.m);
-    }
+    for (int j = 0; j < N; ++j) z[j] = ce_cap(static_cast<A>(xv.v[j]), cap);
+    pair.add_all(z);  // one rescale per vector
     if (yr) {
       const VecOf<S, N> yv = load_vec<N>(yr + c);
 #pragma unroll
@@ -118,15 +103,14 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < N; ++j) wz += weight_of(in.w, c + j) * z[j];
     }
   });
-  nan = __syncthreads_or(nan);
   const OnlineLse<A> row = block_lse(pair);
   const A row_wz = block_sum(wz);
   const A row_wy = yr ? block_sum(wy) : A(0);
   if (threadIdx.x != 0) return;
   if (gridDim.y == 1) {
-    finish_row(in, p, r, row, row_wz, row_wy, nan, loss, lse_out);
+    finish_row(in, p, r, row, row_wz, row_wy, loss, lse_out);
   } else {
-    partial[r * gridDim.y + blockIdx.y] = CePartial<A>{row.m, row.s, row_wz, row_wy, nan ? 1 : 0};
+    partial[r * gridDim.y + blockIdx.y] = CePartial<A>{row.m, row.s, row_wz, row_wy};
   }
 }
 
@@ -139,15 +123,13 @@ __global__ void __launch_bounds__(128)
   if (r >= p.rows) return;
   OnlineLse<A> pair;
   A wz = 0, wy = 0;
-  bool nan = false;
   for (int k = 0; k < splits; ++k) {
     const CePartial<A> q = partial[r * splits + k];
     pair.merge(OnlineLse<A>{q.m, q.s});
     wz += q.wz;
     wy += q.wy;
-    nan |= q.nan != 0;
   }
-  finish_row(in, p, r, pair, wz, wy, nan, loss, lse_out);
+  finish_row(in, p, r, pair, wz, wy, loss, lse_out);
 }
 
 // Class-index targets: grid (rows, spans), dx may be in.x itself.

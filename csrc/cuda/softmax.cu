@@ -20,20 +20,14 @@ template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads) softmax_kernel(const S* x, S* y, int64_t C, bool log) {
   const S* xr = x + blockIdx.x * C;
   S* yr = y + blockIdx.x * C;
-  OnlineLse<A> part;
-  bool nan = false;
+  OnlineLse<A> part;  // NaN-faithful: a NaN value makes the lse NaN
   for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const A v = static_cast<A>(xv.v[j]);
-      nan |= v != v;
-      part.add(v);
-    }
+    for (int j = 0; j < N; ++j) part.add(static_cast<A>(xv.v[j]));
   });
-  nan = __syncthreads_or(nan);
-  const A lse = nan ? A(NAN) : block_lse(part).value();
+  const A lse = block_lse(part).value();
   for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);

@@ -3,8 +3,13 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdio>
 #include <string>
+
+#include "fastact/cross_entropy_ops.h"
 
 namespace {
 
@@ -16,9 +21,61 @@ void expect_close(const char* what, const at::Tensor& a, const at::Tensor& b) {
   if (!ok) ++failures;
 }
 
+void expect(const char* what, bool ok) {
+  std::printf("%-40s %s\n", what, ok ? "ok" : "MISMATCH");
+  if (!ok) ++failures;
+}
+
+// The online log-sum-exp the CUDA row kernels build on (host-testable: the
+// same header code runs on the device): one value at a time, eight at a time,
+// and split into parts that are merged, against a direct computation.
+void test_online_lse() {
+  using Lse = fastact::OnlineLse<double>;
+  auto direct = [](const double* v, int n) {
+    double m = -INFINITY, s = 0;
+    for (int i = 0; i < n; ++i) m = v[i] > m ? v[i] : m;
+    for (int i = 0; i < n; ++i) s += std::exp(v[i] - m);
+    return m + std::log(s);
+  };
+  auto three_ways = [](const double (&v)[16]) {
+    Lse one, eight, merged, part_a, part_b;
+    for (double z : v) one.add(z);
+    double lo[8], hi[8];
+    std::copy(v, v + 8, lo);
+    std::copy(v + 8, v + 16, hi);
+    eight.add_all(lo);
+    eight.add_all(hi);
+    part_a.add_all(lo);
+    part_b.add_all(hi);
+    merged.merge(part_a);
+    merged.merge(part_b);
+    return std::array<double, 3>{one.value(), eight.value(), merged.value()};
+  };
+  double v[16];
+  for (int i = 0; i < 16; ++i) v[i] = std::sin(i * 1.7) * 30;
+  const double ref = direct(v, 16);
+  auto r = three_ways(v);
+  expect("online lse: add / add_all / merge", std::abs(r[0] - ref) < 1e-12 && std::abs(r[1] - ref) < 1e-12 &&
+                                                  std::abs(r[2] - ref) < 1e-12);
+  // masked (-inf) values first, including a whole part of them
+  for (int i = 0; i < 9; ++i) v[i] = -INFINITY;
+  const double masked = direct(v + 9, 7);
+  r = three_ways(v);
+  expect("online lse: leading -inf", std::abs(r[0] - masked) < 1e-12 && std::abs(r[1] - masked) < 1e-12 &&
+                                         std::abs(r[2] - masked) < 1e-12);
+  // a NaN, alone among -inf values, still makes every path NaN
+  v[3] = NAN;
+  r = three_ways(v);
+  expect("online lse: NaN propagates", std::isnan(r[0]) && std::isnan(r[1]) && std::isnan(r[2]));
+  for (double& z : v) z = -INFINITY;
+  r = three_ways(v);
+  expect("online lse: all -inf gives -inf", r[0] == -INFINITY && r[1] == -INFINITY && r[2] == -INFINITY);
+}
+
 }  // namespace
 
 int main() {
+  test_online_lse();
   auto& dispatcher = c10::Dispatcher::singleton();
   const at::Tensor x = torch::randn({1000, 37});
   const at::Tensor dy = torch::randn({1000, 37});

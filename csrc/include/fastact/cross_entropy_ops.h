@@ -49,6 +49,20 @@ struct OnlineLse {
       s += ::fastact::math::exp(z - m);
     }
   }
+  // Adds N values with one rescale: the running max moves to their max
+  // first (-inf and NaN values count as in add; a +inf value gives NaN, as
+  // the CPU kernels' max-then-sum does).
+  template <int N>
+  FA_HD void add_all(const A (&z)[N]) {
+    A mx = m;
+    for (int j = 0; j < N; ++j) mx = z[j] > mx ? z[j] : mx;
+    if (mx > m) {
+      s *= ::fastact::math::exp(m - mx);
+      m = mx;
+    }
+    for (int j = 0; j < N; ++j)
+      if (m != -INFINITY || z[j] != z[j]) s += ::fastact::math::exp(z[j] - m);
+  }
   FA_HD void merge(const OnlineLse& o) {
     if (o.m == -INFINITY) {  // o.s is 0, or NaN
       s += o.s;
