@@ -1,5 +1,7 @@
-# make bench   build, self-check, benchmark on the device present, write the report
-# make test    build and run the test suite
+# make bench     build, self-check, benchmark on the device present, write the report
+# make test      build and run the test suite
+# make test-emu  the CUDA emulation lane: the CUDA kernels on a SIMT emulator
+#                (CPU, AddressSanitizer), the whole suite against them
 # Both bootstrap .venv on a fresh machine (torch $(TORCH_SPEC) from PyPI).
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 FULL ?= 0
 
-.PHONY: all bench test build selfcheck cpp-test clean
+.PHONY: all bench test build selfcheck cpp-test build-emu test-emu kernels clean
 
 all: test
 
@@ -40,6 +42,30 @@ test: build
 
 bench: selfcheck
 	$(BIN)/python benchmarks/run.py $(if $(filter 1,$(FULL)),--full,)
+
+# The emulation lane (csrc/emu/simt.h): fastact._C_emu holds the CUDA sources
+# compiled by the host compiler, registered for CPU tensors; with
+# FASTACT_CUDA_EMULATION=1 `import fastact` loads it instead of _C.
+EMU_ASAN ?= 1
+# Python is not linked with AddressSanitizer: preload it, and libstdc++ so
+# that its exception interceptors find the real ones.
+ASAN_PRELOAD := $(if $(filter 1,$(EMU_ASAN)),$(shell $(CXX) -print-file-name=libasan.so) \
+	$(shell $(CXX) -print-file-name=libstdc++.so))
+EMU_ENV := FASTACT_CUDA_EMULATION=1 $(if $(ASAN_PRELOAD),LD_PRELOAD="$(ASAN_PRELOAD)" \
+	ASAN_OPTIONS=detect_leaks=0:protect_shadow_gap=0:detect_odr_violation=0)
+
+build-emu: $(VENV)/.installed
+	FASTACT_CUDA_EMULATION=1 FASTACT_EMU_ASAN=$(EMU_ASAN) $(BIN)/python setup.py -q build_ext --inplace -t build/emu
+
+test-emu: build-emu
+	$(EMU_ENV) $(BIN)/python -m pytest tests -q -p no:cacheprovider $(EMU_PYTEST_ARGS)
+
+# The CUDA kernels' registers, spills, shared memory and occupancy (from the
+# ptxas reports of the CUDA build); fails on a spill not accepted in
+# tools/accepted_spills.json.
+kernels: build
+	$(BIN)/python tools/kernel_resources.py --check
+	$(BIN)/python -m fastact --kernels
 
 # The C++ library for LibTorch users and its ctest, CPU-only.
 # torch's CMake config looks for the CUDA toolkit torch was built with; where

@@ -108,11 +108,17 @@ TORCH_LIBRARY(fastact, m) {
 }
 
 #ifdef FASTACT_PYTHON_MODULE
-// `import fastact._C` loads this library, whose static initializers register
-// the ops; the module itself is empty.
+// `import fastact._C` (or fastact._C_emu, the emulation build) loads this
+// library, whose static initializers register the ops; the module itself is
+// empty.
 #include <Python.h>
-extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+#define FA_CONCAT_(a, b) a##b
+#define FA_CONCAT(a, b) FA_CONCAT_(a, b)
+#define FA_STRING_(a) #a
+#define FA_STRING(a) FA_STRING_(a)
+extern "C" PyMODINIT_FUNC FA_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, FA_STRING(TORCH_EXTENSION_NAME), nullptr, -1,
+                                          nullptr};
   return PyModule_Create(&module_def);
 }
 #endif

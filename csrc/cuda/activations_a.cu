@@ -6,6 +6,6 @@
 #include "fastact/activation_ops.h"
 
 #define FA_LAUNCHER ::fastact::CudaLauncher
-TORCH_LIBRARY_IMPL(fastact, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastact, FA_DEVICE_KEY, m) {
   FASTACT_ACTIVATIONS_A(FA_REGISTER_ACTIVATION)
 }

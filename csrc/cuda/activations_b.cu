@@ -6,7 +6,7 @@
 #include "fastact/indexed_ops.h"
 
 #define FA_LAUNCHER ::fastact::CudaLauncher
-TORCH_LIBRARY_IMPL(fastact, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastact, FA_DEVICE_KEY, m) {
   FASTACT_ACTIVATIONS_B(FA_REGISTER_ACTIVATION)
   FA_REGISTER_INDEXED_OPS(::fastact::CudaLauncher)
 }

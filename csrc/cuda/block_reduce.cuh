@@ -36,7 +36,7 @@ __device__ __forceinline__ OnlineLse<A> warp_lse(OnlineLse<A> v) {
 // thread adds the kRowWarps warp sums from shared memory.
 template <class A>
 __device__ A block_sum(A v) {
-  __shared__ A s[kRowWarps];
+  FA_SHARED(A, s, kRowWarps);
   v = warp_sum(v);
   if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = v;
   __syncthreads();
@@ -49,7 +49,8 @@ __device__ A block_sum(A v) {
 
 template <class A>
 __device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
-  __shared__ A m[kRowWarps], s[kRowWarps];
+  FA_SHARED(A, m, kRowWarps);
+  FA_SHARED(A, s, kRowWarps);
   v = warp_lse(v);
   if (threadIdx.x % 32 == 0) {
     m[threadIdx.x / 32] = v.m;
@@ -90,13 +91,13 @@ __device__ __forceinline__ void for_each_in_span(const S* row, int64_t lo, int64
 }
 
 template <int N, class S>
-__device__ __forceinline__ VecOf<S, N> load_vec(const S* p) {
-  return *reinterpret_cast<const VecOf<S, N>*>(p);
+__device__ __forceinline__ VecOf<S, N> load_vec(const S* p FA_SITE) {
+  return gload(reinterpret_cast<const VecOf<S, N>*>(p) FA_SITE_ARG);
 }
 
 template <int N, class S>
-__device__ __forceinline__ void store_vec(S* p, const VecOf<S, N>& v) {
-  *reinterpret_cast<VecOf<S, N>*>(p) = v;
+__device__ __forceinline__ void store_vec(S* p, const VecOf<S, N>& v FA_SITE) {
+  gstore(reinterpret_cast<VecOf<S, N>*>(p), v FA_SITE_ARG);
 }
 
 // Whether every pointer shares the first one's alignment modulo 16 bytes, so

@@ -12,10 +12,6 @@
 // the target first: one block per row.
 // Everything stays on the device: the class weight sum is a device tensor,
 // an out-of-range target trips a device-side assert (as in PyTorch).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/macros/Macros.h>
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
@@ -40,8 +36,8 @@ struct CePartial {
 };
 
 template <class A>
-__device__ __forceinline__ A weight_of(const A* w, int64_t c) {
-  return w ? w[c] : A(1);
+__device__ __forceinline__ A weight_of(const A* w, int64_t c FA_SITE) {
+  return w ? gload(w + c FA_SITE_ARG) : A(1);
 }
 
 template <class S, class A>
@@ -49,24 +45,24 @@ __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyPara
                            const OnlineLse<A>& pair, A wz, A wy, A* loss, A* lse_out) {
   const int64_t C = p.classes;
   const A lse = pair.value();
-  lse_out[r] = lse;
+  gstore(lse_out + r, lse);
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A l;
   if (in.y) {
-    l = wy * lse - wz;
+    l = ce_prob_loss(wy, wz, lse);
   } else {
-    const int64_t t = in.tgt[r];
+    const int64_t t = gload(in.tgt + r);
     if (t == p.ignore_index) {
-      loss[r] = A(0);
+      gstore(loss + r, A(0));
       return;
     }
-    CUDA_KERNEL_ASSERT(t >= 0 && t < C && "fastact.cross_entropy: target out of bounds");
-    const A z_t = ce_cap(static_cast<A>(in.x[r * C + t]), A(p.softcap));
+    FA_DEVICE_ASSERT(t >= 0 && t < C, "fastact.cross_entropy: target out of bounds");
+    const A z_t = ce_cap(static_cast<A>(gload(in.x + r * C + t)), A(p.softcap));
     const A w_t = weight_of(in.w, t);
-    const A W = in.W ? *in.W : static_cast<A>(C);
+    const A W = in.W ? gload(in.W) : static_cast<A>(C);
     l = keep * w_t * (lse - z_t) + spread * (W * lse - wz);
   }
-  loss[r] = l + A(p.z_loss) * lse * lse;
+  gstore(loss + r, l + ce_z_loss(A(p.z_loss), lse));
 }
 
 // grid (rows, splits): block (r, k) folds columns [k*span, (k+1)*span) of row
@@ -110,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
   if (gridDim.y == 1) {
     finish_row(in, p, r, row, row_wz, row_wy, loss, lse_out);
   } else {
-    partial[r * gridDim.y + blockIdx.y] = CePartial<A>{row.m, row.s, row_wz, row_wy};
+    gstore(partial + r * gridDim.y + blockIdx.y, CePartial<A>{row.m, row.s, row_wz, row_wy});
   }
 }
 
@@ -124,7 +120,7 @@ __global__ void __launch_bounds__(128)
   OnlineLse<A> pair;
   A wz = 0, wy = 0;
   for (int k = 0; k < splits; ++k) {
-    const CePartial<A> q = partial[r * splits + k];
+    const CePartial<A> q = gload(partial + r * splits + k);
     pair.merge(OnlineLse<A>{q.m, q.s});
     wz += q.wz;
     wy += q.wy;
@@ -143,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
   const S* xr = in.x + r * C;
   S* dr = dx + r * C;
-  const int64_t t = in.tgt[r];
+  const int64_t t = gload(in.tgt + r);
   if (t == p.ignore_index) {
     for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
       constexpr int N = decltype(width)::value;
@@ -154,12 +150,12 @@ __global__ void __launch_bounds__(kThreads)
     });
     return;
   }
-  CUDA_KERNEL_ASSERT(t >= 0 && t < C && "fastact.cross_entropy: target out of bounds");
+  FA_DEVICE_ASSERT(t >= 0 && t < C, "fastact.cross_entropy: target out of bounds");
   const A cap = p.softcap;
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
-  const A g = grad[r], l = lse[r];
+  const A g = gload(grad + r), l = gload(lse + r);
   const A w_t = weight_of(in.w, t);
-  const A W = in.W ? *in.W : static_cast<A>(C);
+  const A W = in.W ? gload(in.W) : static_cast<A>(C);
   const A a = g * (keep * w_t + spread * W + A(2) * A(p.z_loss) * l);
   const A b = g * spread, tt = g * keep * w_t;
   for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
@@ -198,7 +194,7 @@ __global__ void __launch_bounds__(kThreads)
   });
   const A sum_wy = block_sum(part);
   const A cap = p.softcap;
-  const A g = grad[r], l = lse[r];
+  const A g = gload(grad + r), l = gload(lse + r);
   const A coef = sum_wy + A(2) * A(p.z_loss) * l;
   for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
@@ -222,6 +218,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Spans of at least `min_span` columns (a multiple of the vector width), as
 // many per row as it takes to give the GPU `target_blocks` blocks.
 int64_t span_for(int64_t rows, int64_t C, int64_t min_span, int64_t target_blocks, int vec) {
+  if (C == 0) return 1;  // one empty span per row: lse = -inf, as on the CPU
   const int64_t wanted = std::max<int64_t>(1, ceil_div(target_blocks, std::max<int64_t>(rows, 1)));
   int64_t splits = std::min(wanted, std::max<int64_t>(1, C / min_span));
   splits = std::min<int64_t>(splits, 65535);
@@ -235,7 +232,7 @@ int64_t gpu_blocks() { return max_resident_blocks() / 2; }  // SMs x 8 blocks of
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, double smoothing, double z_loss, double softcap) {
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const DeviceGuard guard(logits.device());
   const CrossEntropyArgs a =
       cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
   const CrossEntropyParams& p = a.p;
@@ -259,20 +256,18 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
                           a.logits.options().dtype(at::kByte));
       part_ptr = reinterpret_cast<CePartial<A>*>(partial.mutable_data_ptr());
     }
-    const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(splits));
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Dim grid(p.rows, splits);
+    const Stream stream = current_stream();
     A* loss_ptr = loss.mutable_data_ptr<A>();
     A* lse_ptr = lse.mutable_data_ptr<A>();
     if (vec) {
-      ce_forward_kernel<kVec, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span, loss_ptr, lse_ptr, part_ptr);
+      FA_LAUNCH(grid, kThreads, 0, stream, ce_forward_kernel<kVec, scalar_t>)(in, p, span, loss_ptr, lse_ptr, part_ptr);
     } else {
-      ce_forward_kernel<1, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span, loss_ptr, lse_ptr, part_ptr);
+      FA_LAUNCH(grid, kThreads, 0, stream, ce_forward_kernel<1, scalar_t>)(in, p, span, loss_ptr, lse_ptr, part_ptr);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (splits > 1) {
-      ce_merge_kernel<scalar_t><<<ceil_div(p.rows, 128), 128, 0, stream>>>(
+      FA_LAUNCH(ceil_div(p.rows, 128), 128, 0, stream, ce_merge_kernel<scalar_t>)(
           in, p, static_cast<int>(splits), part_ptr, loss_ptr, lse_ptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return {loss, lse};
@@ -292,27 +287,26 @@ void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::
     const CrossEntropyRows<scalar_t> in = inputs.rows();
     scalar_t* dx = out.mutable_data_ptr<scalar_t>();
     const bool vec = same_alignment(in.x, in.y, dx);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Stream stream = current_stream();
     const A* gp = g.const_data_ptr<A>();
     const A* lp = l.const_data_ptr<A>();
     if (p.prob_target) {
       if (vec) {
-        ce_backward_prob_kernel<kVec, scalar_t><<<p.rows, kThreads, 0, stream>>>(in, p, gp, lp, dx);
+        FA_LAUNCH(p.rows, kThreads, 0, stream, ce_backward_prob_kernel<kVec, scalar_t>)(in, p, gp, lp, dx);
       } else {
-        ce_backward_prob_kernel<1, scalar_t><<<p.rows, kThreads, 0, stream>>>(in, p, gp, lp, dx);
+        FA_LAUNCH(p.rows, kThreads, 0, stream, ce_backward_prob_kernel<1, scalar_t>)(in, p, gp, lp, dx);
       }
     } else {
       // a block writes up to 4 vectors per thread of one row
       int64_t span_cols = std::max<int64_t>(int64_t{kThreads} * kVec * 4, ceil_div(p.classes, 65535));
       span_cols = ceil_div(span_cols, kVec) * kVec;
-      const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(ceil_div(p.classes, span_cols)));
+      const Dim grid(p.rows, ceil_div(p.classes, span_cols));
       if (vec) {
-        ce_backward_index_kernel<kVec, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span_cols, gp, lp, dx);
+        FA_LAUNCH(grid, kThreads, 0, stream, ce_backward_index_kernel<kVec, scalar_t>)(in, p, span_cols, gp, lp, dx);
       } else {
-        ce_backward_index_kernel<1, scalar_t><<<grid, kThreads, 0, stream>>>(in, p, span_cols, gp, lp, dx);
+        FA_LAUNCH(grid, kThreads, 0, stream, ce_backward_index_kernel<1, scalar_t>)(in, p, span_cols, gp, lp, dx);
       }
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
@@ -321,7 +315,7 @@ at::Tensor cross_entropy_rows_backward_cuda(const at::Tensor& grad, const at::Te
                                             const std::optional<at::Tensor>& weight,
                                             const at::Tensor& lse, int64_t ignore_index,
                                             double smoothing, double z_loss, double softcap) {
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const DeviceGuard guard(logits.device());
   const CrossEntropyArgs a =
       cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
   check_rows_grad(grad, lse, a);
@@ -335,7 +329,7 @@ void cross_entropy_rows_backward_inplace_cuda(const at::Tensor& grad, const at::
                                               const std::optional<at::Tensor>& weight,
                                               const at::Tensor& lse, int64_t ignore_index,
                                               double smoothing, double z_loss, double softcap) {
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const DeviceGuard guard(logits.device());
   check_inplace_logits(logits);
   const CrossEntropyArgs a =
       cross_entropy_args(logits, target, weight, ignore_index, smoothing, z_loss, softcap);
@@ -346,7 +340,7 @@ void cross_entropy_rows_backward_inplace_cuda(const at::Tensor& grad, const at::
 }  // namespace
 }  // namespace fastact
 
-TORCH_LIBRARY_IMPL(fastact, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastact, FA_DEVICE_KEY, m) {
   m.impl("cross_entropy_rows", &::fastact::cross_entropy_rows_cuda);
   m.impl("cross_entropy_rows_backward", &::fastact::cross_entropy_rows_backward_cuda);
   m.impl("cross_entropy_rows_backward_", &::fastact::cross_entropy_rows_backward_inplace_cuda);

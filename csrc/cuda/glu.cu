@@ -5,4 +5,4 @@
 #include "fastact/glu_ops.h"
 
 #define FA_LAUNCHER ::fastact::CudaLauncher
-TORCH_LIBRARY_IMPL(fastact, CUDA, m) { FA_REGISTER_GLU_FAMILY }
+TORCH_LIBRARY_IMPL(fastact, FA_DEVICE_KEY, m) { FA_REGISTER_GLU_FAMILY }

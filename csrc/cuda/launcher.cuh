@@ -7,13 +7,11 @@
 // 64-bit throughout, so tensors past 2^31 elements are handled. Launches go
 // on the current stream of the current device (the caller holds the guard).
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/runtime.cuh"
 #include "fastact/elementwise.h"
 #include "fastact/philox.h"
 
@@ -47,7 +45,7 @@ __global__ void __launch_bounds__(256)
     V vin[NIN];
 #pragma unroll
     for (int k = 0; k < NIN; ++k)
-      vin[k] = *reinterpret_cast<const V*>(a.in[k] + row * a.in_stride[k] + col);
+      vin[k] = gload(reinterpret_cast<const V*>(a.in[k] + row * a.in_stride[k] + col));
     V vout[NOUT];
     Philox4x32 draws{};
 #pragma unroll
@@ -72,7 +70,7 @@ __global__ void __launch_bounds__(256)
     }
 #pragma unroll
     for (int k = 0; k < NOUT; ++k)
-      *reinterpret_cast<V*>(a.out[k] + row * a.out_stride[k] + col) = vout[k];
+      gstore(reinterpret_cast<V*>(a.out[k] + row * a.out_stride[k] + col), vout[k]);
   }
   // The vector path is only taken with a single row or rows that hold whole
   // vectors, so the remainder (fewer than VEC elements) lies in the last row.
@@ -84,31 +82,21 @@ __global__ void __launch_bounds__(256)
       T x[NIN];
       T y[NOUT];
 #pragma unroll
-      for (int k = 0; k < NIN; ++k) x[k] = static_cast<T>(a.in[k][row * a.in_stride[k] + col]);
+      for (int k = 0; k < NIN; ++k) x[k] = static_cast<T>(gload(a.in[k] + row * a.in_stride[k] + col));
       if constexpr (IsRandomOp<Op>::value) {
         op(e, philox_uniform(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(e)), x, y);
       } else {
         op(e, x, y);
       }
 #pragma unroll
-      for (int k = 0; k < NOUT; ++k) a.out[k][row * a.out_stride[k] + col] = static_cast<S>(y[k]);
+      for (int k = 0; k < NOUT; ++k) gstore(a.out[k] + row * a.out_stride[k] + col, static_cast<S>(y[k]));
     }
   }
 }
 
-inline int64_t max_resident_blocks() {
-  // Enough blocks to fill every SM several times over; the grid-stride loop
-  // covers the rest. Cached per device.
-  static int sm_count[64] = {0};
-  const int dev = c10::cuda::current_device();
-  if (dev >= 64) return 65535;
-  if (sm_count[dev] == 0) {
-    int count = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-    sm_count[dev] = count;
-  }
-  return static_cast<int64_t>(sm_count[dev]) * 16;
-}
+// Enough blocks to fill every SM several times over; the grid-stride loop
+// covers the rest.
+inline int64_t max_resident_blocks() { return static_cast<int64_t>(multiprocessor_count()) * 16; }
 
 struct CudaLauncher {
   static constexpr int kThreads = 256;
@@ -128,13 +116,12 @@ struct CudaLauncher {
                (a.rows == 1 || a.out_stride[k] % kVec == 0);
     const int64_t work = vec_ok ? (n + kVec - 1) / kVec : n;
     const int64_t blocks = std::min((work + kThreads - 1) / kThreads, max_resident_blocks());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Stream stream = current_stream();
     if (vec_ok) {
-      elementwise_kernel<kVec><<<blocks, kThreads, 0, stream>>>(op, a);
+      FA_LAUNCH(blocks, kThreads, 0, stream, elementwise_kernel<kVec, Op, S, NIN, NOUT>)(op, a);
     } else {
-      elementwise_kernel<1><<<blocks, kThreads, 0, stream>>>(op, a);
+      FA_LAUNCH(blocks, kThreads, 0, stream, elementwise_kernel<1, Op, S, NIN, NOUT>)(op, a);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
 

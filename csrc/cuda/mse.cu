@@ -2,9 +2,6 @@
 // the fused sum of squared differences in two deterministic passes (no
 // atomics): blocks sum contiguous spans with 128-bit loads into per-block
 // partials, then one block adds the partials in a fixed order.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
@@ -37,19 +34,19 @@ __global__ void __launch_bounds__(kThreads)
     }
   });
   const A total = block_sum(part);
-  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+  if (threadIdx.x == 0) gstore(partial + blockIdx.x, total);
 }
 
 template <class A>
 __global__ void __launch_bounds__(kThreads) sum_partials_kernel(const A* partial, int count, A* out) {
   A part = 0;
-  for (int i = threadIdx.x; i < count; i += kThreads) part += partial[i];
+  for (int i = threadIdx.x; i < count; i += kThreads) part += gload(partial + i);
   const A total = block_sum(part);
-  if (threadIdx.x == 0) *out = total;
+  if (threadIdx.x == 0) gstore(out, total);
 }
 
 at::Tensor squared_difference_sum_cuda(const at::Tensor& input, const at::Tensor& target) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   auto [x, t] = mse_operands(input, target);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty({}, x.options().dtype(acc));
@@ -65,18 +62,16 @@ at::Tensor squared_difference_sum_cuda(const at::Tensor& input, const at::Tensor
     int64_t span = (n + blocks - 1) / blocks;
     span = std::max<int64_t>(kVec, (span + kVec - 1) / kVec * kVec);
     at::Tensor partial = at::empty({blocks}, x.options().dtype(acc));
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Stream stream = current_stream();
     if (same_alignment(xp, tp)) {
-      sqdiff_partial_kernel<kVec, scalar_t><<<blocks, kThreads, 0, stream>>>(xp, tp, n, span,
-                                                                              partial.mutable_data_ptr<A>());
+      FA_LAUNCH(blocks, kThreads, 0, stream, sqdiff_partial_kernel<kVec, scalar_t>)(
+          xp, tp, n, span, partial.mutable_data_ptr<A>());
     } else {
-      sqdiff_partial_kernel<1, scalar_t><<<blocks, kThreads, 0, stream>>>(xp, tp, n, span,
-                                                                           partial.mutable_data_ptr<A>());
+      FA_LAUNCH(blocks, kThreads, 0, stream, sqdiff_partial_kernel<1, scalar_t>)(
+          xp, tp, n, span, partial.mutable_data_ptr<A>());
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_partials_kernel<A><<<1, kThreads, 0, stream>>>(partial.const_data_ptr<A>(), static_cast<int>(blocks),
-                                                       out.mutable_data_ptr<A>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    FA_LAUNCH(1, kThreads, 0, stream, sum_partials_kernel<A>)(partial.const_data_ptr<A>(), static_cast<int>(blocks),
+                                                              out.mutable_data_ptr<A>());
   });
   return out;
 }
@@ -84,7 +79,7 @@ at::Tensor squared_difference_sum_cuda(const at::Tensor& input, const at::Tensor
 }  // namespace
 }  // namespace fastact
 
-TORCH_LIBRARY_IMPL(fastact, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastact, FA_DEVICE_KEY, m) {
   FA_REGISTER_MSE_OPS(::fastact::CudaLauncher)
   m.impl("squared_difference_sum", &::fastact::squared_difference_sum_cuda);
 }

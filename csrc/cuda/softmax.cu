@@ -3,8 +3,6 @@
 // 128-bit loads and stores (for_each_in_span).
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "fastact/checks.h"
@@ -75,7 +73,7 @@ at::Tensor softmax_rows_cuda(const at::Tensor& input, bool log) {
   const char* op = log ? "fastact.log_softmax" : "fastact.softmax";
   check_float(input, op);
   TORCH_CHECK_VALUE(input.dim() == 2, op, ": expected [rows, classes], got ", input.sizes());
-  const c10::OptionalDeviceGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   at::Tensor x = input.contiguous();
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
@@ -83,13 +81,12 @@ at::Tensor softmax_rows_cuda(const at::Tensor& input, bool log) {
     constexpr int kVec = 16 / sizeof(scalar_t);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Stream stream = current_stream();
     if (same_alignment(xp, yp)) {
-      softmax_kernel<kVec, scalar_t><<<x.size(0), kThreads, 0, stream>>>(xp, yp, x.size(1), log);
+      FA_LAUNCH(x.size(0), kThreads, 0, stream, softmax_kernel<kVec, scalar_t>)(xp, yp, x.size(1), log);
     } else {
-      softmax_kernel<1, scalar_t><<<x.size(0), kThreads, 0, stream>>>(xp, yp, x.size(1), log);
+      FA_LAUNCH(x.size(0), kThreads, 0, stream, softmax_kernel<1, scalar_t>)(xp, yp, x.size(1), log);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
 }
@@ -98,7 +95,7 @@ at::Tensor softmax_rows_backward_cuda(const at::Tensor& grad, const at::Tensor& 
   const char* op = log ? "fastact.log_softmax" : "fastact.softmax";
   check_float(output, op, "output");
   check_like(grad, output, op, "grad_output", "output");
-  const c10::OptionalDeviceGuard guard(output.device());
+  const DeviceGuard guard(output.device());
   at::Tensor y = output.contiguous();
   at::Tensor dy = grad.contiguous();
   at::Tensor dx = at::empty_like(y);
@@ -108,13 +105,12 @@ at::Tensor softmax_rows_backward_cuda(const at::Tensor& grad, const at::Tensor& 
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Stream stream = current_stream();
     if (same_alignment(yp, dyp, dxp)) {
-      softmax_backward_kernel<kVec, scalar_t><<<y.size(0), kThreads, 0, stream>>>(dyp, yp, dxp, y.size(1), log);
+      FA_LAUNCH(y.size(0), kThreads, 0, stream, softmax_backward_kernel<kVec, scalar_t>)(dyp, yp, dxp, y.size(1), log);
     } else {
-      softmax_backward_kernel<1, scalar_t><<<y.size(0), kThreads, 0, stream>>>(dyp, yp, dxp, y.size(1), log);
+      FA_LAUNCH(y.size(0), kThreads, 0, stream, softmax_backward_kernel<1, scalar_t>)(dyp, yp, dxp, y.size(1), log);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
 }
@@ -122,7 +118,7 @@ at::Tensor softmax_rows_backward_cuda(const at::Tensor& grad, const at::Tensor& 
 }  // namespace
 }  // namespace fastact
 
-TORCH_LIBRARY_IMPL(fastact, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastact, FA_DEVICE_KEY, m) {
   m.impl("softmax_rows", &::fastact::softmax_rows_cuda);
   m.impl("softmax_rows_backward", &::fastact::softmax_rows_backward_cuda);
 }

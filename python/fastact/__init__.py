@@ -1,7 +1,15 @@
 """fastact: fused CUDA/C++ kernels for training, registered as PyTorch operators."""
+import os
+
 import torch
 
-from . import _C  # noqa: F401  (loads the library; its initializers register the ops)
+if os.environ.get("FASTACT_CUDA_EMULATION", "0") not in ("", "0"):
+    # The emulation lane (test infrastructure, `make test-emu`): the CUDA
+    # kernels of csrc/cuda/ compiled for the CPU against a SIMT emulator and
+    # registered for CPU tensors, in place of the CPU kernels.
+    from . import _C_emu as _C  # noqa: F401
+else:
+    from . import _C  # noqa: F401  (loads the library; its initializers register the ops)
 from . import ops as _ops  # noqa: F401  (fake kernels and autograd)
 from . import functional, nn  # noqa: F401
 
@@ -21,6 +29,7 @@ def build_info() -> dict:
     info = dict(line.split("=", 1) for line in raw.strip().splitlines())
     info["cuda_compiled"] = info.get("cuda_compiled") == "1"
     info["openmp"] = info.get("openmp") == "1"
+    info["cuda_emulation"] = info.get("cuda_emulation") == "1"
     info["cuda_archs"] = [a for a in info.get("cuda_archs", "").replace(" ", ";").split(";") if a]
     info["torch_version"] = torch.__version__
     info["torch_cuda_version"] = torch.version.cuda

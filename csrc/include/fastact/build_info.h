@@ -36,6 +36,11 @@ inline std::string build_info_string() {
 #else
   s += "cpu_simd_math=none\n";
 #endif
+#ifdef FASTACT_CUDA_EMULATION
+  s += "cuda_emulation=1\n";
+#else
+  s += "cuda_emulation=0\n";
+#endif
 #ifdef _OPENMP
   s += "openmp=1\n";
 #else

@@ -1,0 +1,372 @@
+"""Tests of the CUDA emulation lane itself (`make test-emu`).
+
+In the emulation build the CUDA kernels of csrc/cuda/ run on CPU tensors
+through the SIMT emulator of csrc/emu/ (the rest of the suite then checks
+them against torch). These tests check what only the emulator can see: that
+planted bugs are caught, how many kernels each op launches, which kernel
+paths the host code picks, and the global-memory traffic and coalescing of
+every kernel. Skipped outside the emulation build.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import fastact.functional as F
+from fastact import _emulation as emu
+from fastact import reference as R
+from fastact.ops import ACTIVATIONS, GLUS
+
+pytestmark = pytest.mark.skipif(not emu.enabled(), reason="emulation build only (make test-emu)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPS = torch.ops.fastact
+
+
+@pytest.fixture(autouse=True)
+def _default_device():
+    emu.configure()
+    emu.reset()
+    yield
+    emu.configure()
+
+
+# ---- planted bugs ------------------------------------------------------------------
+
+PLANTED = {
+    "block_sum": "correct",
+    "vector_walk": "correct",
+    "block_sum_missing_syncthreads": "bug",
+    "warp_sum_wrong_shuffle_offset": "bug",
+    "vector_tail_off_by_one": "bug",
+    "vector_head_ignores_misalignment": "bug",
+    "divergent_syncthreads": "bug",
+    "block_not_a_multiple_of_32": "bug",
+    "over_launch_bounds": "bug",
+    "over_1024_threads": "bug",
+    "grid_y_over_65535": "bug",
+    "empty_grid": "bug",
+    "device_assert": "bug",
+}
+
+
+@pytest.fixture(scope="module")
+def planted_bugs():
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    out = os.path.join(ROOT, "build", "emu-tests", "planted_bugs")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    subprocess.run([cxx, "-std=c++20", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
+                    "-I", os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests/emu/planted_bugs.cpp"),
+                    os.path.join(ROOT, "csrc/emu/simt.cpp"), "-o", out], check=True)
+    return out
+
+
+def _run_planted(path, *args):
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    env.pop("LD_PRELOAD", None)
+    return subprocess.run([path, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_planted_bugs_are_caught(planted_bugs):
+    r = _run_planted(planted_bugs)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cases = {m.group(1): (m.group(2), m.group(3), m.group(4))
+             for m in re.finditer(r"^CASE (\S+) (correct|bug) (\S+) (.*)$", r.stdout, re.M)}
+    print(r.stdout)
+    assert set(cases) == set(PLANTED), r.stdout
+    for name, (kind, result, detail) in cases.items():
+        assert kind == PLANTED[name]
+        assert result == ("pass" if kind == "correct" else "caught"), f"{name}: {result} ({detail})"
+    # the dropped barrier shows as a wrong answer in some thread order, not in all
+    assert "row 0 sum" in cases["block_sum_missing_syncthreads"][2]
+
+
+def test_vector_overrun_is_caught_by_asan(planted_bugs):
+    r = _run_planted(planted_bugs, "overrun")
+    assert r.returncode != 0 and "heap-buffer-overflow" in r.stderr, (r.stdout, r.stderr[-2000:])
+
+
+# ---- launch counts --------------------------------------------------------------------
+
+def _count(fn) -> list[str]:
+    emu.reset()
+    fn()
+    return emu.launches()
+
+
+def _fwd_bwd_launches(make, *shapes, grad_args=None):
+    """Launches of forward and of backward of `make(*inputs)`."""
+    inputs = [torch.randn(*s, dtype=torch.float32).requires_grad_(True) for s in shapes]
+    box = {}
+    fwd = _count(lambda: box.setdefault("y", make(*inputs)))
+    y = box["y"]
+    g = torch.randn_like(y)
+    bwd = _count(lambda: y.backward(g))
+    return fwd, bwd
+
+
+SIZES = [(0,), (1,), (7,), (4099,), (64, 333)]
+
+
+@pytest.mark.parametrize("shape", SIZES, ids=str)
+def test_every_elementwise_op_launches_one_kernel_each_way(shape):
+    expected = 0 if 0 in shape else 1
+    cases = []
+    for name in ACTIVATIONS:
+        for params in R.params(name):
+            cases.append((f"{name}{params}", lambda x, n=name, p=params: getattr(OPS, n)(x, *p), [shape]))
+    cases.append(("prelu", lambda x, w: F.prelu(x, w), [shape, (1,)]))
+    cases.append(("swish(beta)", lambda x, b: F.swish(x, b), [shape, ()]))
+    for label, make, shapes in cases:
+        fwd, bwd = _fwd_bwd_launches(make, *shapes)
+        assert len(fwd) == expected and len(bwd) == expected, (label, fwd, bwd)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (1, 8), (5, 2 * 333), (64, 2 * 1024)], ids=str)
+def test_glu_family_launches_one_kernel_each_way(shape):
+    expected = 0 if 0 in shape else 1
+    half = (shape[0], shape[1] // 2)
+    for name in GLUS:
+        for params in R.glu_params(name):
+            fn = getattr(F, name)
+            kw = {"approximate": params[0]} if params else {}
+            for label, make, shapes in ((f"{name} packed", lambda x: fn(x, **kw), [shape]),
+                                        (f"{name} two", lambda g, u: fn(g, u, **kw), [half, half])):
+                fwd, bwd = _fwd_bwd_launches(make, *shapes)
+                assert len(fwd) == expected and len(bwd) == expected, (label, fwd, bwd)
+    fwd, bwd = _fwd_bwd_launches(lambda x: F.glu(x), shape)
+    assert len(fwd) == expected and len(bwd) == expected
+
+
+@pytest.mark.parametrize("shape", [(1,), (4099,), (32, 96)], ids=str)
+def test_dropout_family_launches(shape):
+    # forward: the Philox seed kernel (one thread) + the fused kernel; backward: one kernel
+    features = shape[-1]
+    cases = [
+        ("dropout", lambda x: F.dropout(x, 0.3), [shape]),
+        ("dropout_add", lambda x, r: F.dropout_add(x, r, 0.3), [shape, shape]),
+        ("bias_dropout_add", lambda x, b, r: F.bias_dropout_add(x, b, r, 0.3), [shape, (features,), shape]),
+        ("bias_act_dropout", lambda x, b: F.bias_act_dropout(x, b, "gelu", 0.3), [shape, (features,)]),
+    ]
+    for label, make, shapes in cases:
+        fwd, bwd = _fwd_bwd_launches(make, *shapes)
+        assert [k.split("<")[0] for k in fwd] == ["unpack_philox_kernel", "elementwise_kernel"], (label, fwd)
+        assert [k.split("<")[0] for k in bwd] == ["elementwise_kernel"], (label, bwd)
+
+
+@pytest.mark.parametrize("rows,classes,split", [(64, 1000, False), (3, 50257, True), (4, 131075, True),
+                                                (1, 7, False)])
+def test_cross_entropy_launches(rows, classes, split):
+    # forward: one kernel, plus the merge pass when rows are split over blocks; backward: one
+    x = torch.randn(rows, classes, requires_grad=True)
+    t = torch.randint(0, classes, (rows,))
+    box = {}
+    fwd = _count(lambda: box.setdefault("loss", F.cross_entropy(x, t)))
+    bwd = _count(lambda: box["loss"].backward())
+    names = [k.split("<")[0] for k in fwd]
+    assert names == (["ce_forward_kernel", "ce_merge_kernel"] if split else ["ce_forward_kernel"]), fwd
+    assert [k.split("<")[0] for k in bwd] == ["ce_backward_index_kernel"], bwd
+    # class-probability targets: one block per row each way
+    y = torch.softmax(torch.randn(rows, classes), 1)
+    box = {}
+    fwd = _count(lambda: box.setdefault("loss", F.cross_entropy(x, y)))
+    bwd = _count(lambda: box["loss"].backward())
+    assert len(fwd) == (2 if split else 1) and [k.split("<")[0] for k in bwd] == ["ce_backward_prob_kernel"]
+
+
+def test_softmax_and_mse_launches():
+    for fn in (F.softmax, F.log_softmax):
+        fwd, bwd = _fwd_bwd_launches(lambda x: fn(x, -1), (33, 1001))
+        assert len(fwd) == 1 and len(bwd) == 1
+    fwd, bwd = _fwd_bwd_launches(lambda a, b: F.mse_loss(a, b, reduction="none"), (33, 101), (33, 101))
+    assert len(fwd) == 1 and len(bwd) == 1
+    # mean/sum: per-block partial sums and one block adding them (deterministic, no atomics)
+    fwd, bwd = _fwd_bwd_launches(lambda a, b: F.mse_loss(a, b), (33, 101), (33, 101))
+    assert [k.split("<")[0] for k in fwd] == ["sqdiff_partial_kernel", "sum_partials_kernel"]
+    assert len(bwd) == 1
+
+
+# ---- kernel paths -----------------------------------------------------------------------
+
+def test_vector_and_scalar_paths_are_both_taken():
+    aligned = torch.randn(4099)
+    misaligned = torch.randn(4100)[1:]
+    assert "elementwise_kernel<kVec" in _count(lambda: F.gelu(aligned))[0]
+    assert "elementwise_kernel<1" in _count(lambda: F.gelu(misaligned))[0]
+    rows = torch.randn(8, 1001)  # rows that are not whole vectors: scalar heads and tails per row
+    assert "softmax_kernel<kVec" in _count(lambda: F.softmax(rows, -1))[0]
+    shifted = torch.randn(8 * 1001 + 1)[1:].view(8, 1001)  # contiguous, not 16-byte aligned
+    assert "softmax_kernel<1" in _count(lambda: F.softmax(shifted, -1))[0]
+
+
+def test_split_rows_follow_the_multiprocessor_count():
+    # the grid the host code picks depends on the device: more SMs, more splits
+    x = torch.randn(2, 65536)
+    t = torch.randint(0, 65536, (2,))
+    emu.configure(multiprocessors=2)
+    _count(lambda: F.cross_entropy(x, t))
+    grid_few = emu.report()["launches"][0]["grid"]
+    emu.configure(multiprocessors=132)
+    _count(lambda: F.cross_entropy(x, t))
+    grid_h100 = emu.report()["launches"][0]["grid"]
+    assert grid_few[1] < grid_h100[1], (grid_few, grid_h100)
+
+
+# ---- memory traffic and coalescing ------------------------------------------------------
+
+def _coalesced(rep):
+    """Every warp-wide access of every site touches the fewest 32-byte sectors
+    its bytes need, give or take one where a partial warp straddles a sector."""
+    for launch in rep["launches"]:
+        for site in launch["sites"]:
+            assert site["max_excess"] <= 1, (launch["kernel"], site)
+            if site["width"] == 16:  # the vector body: exactly the minimum
+                assert site["sectors"] == site["min_sectors"], (launch["kernel"], site)
+
+
+def _traffic(fn, **regions):
+    with emu.trace(regions) as rep:
+        fn()
+    return rep
+
+
+def _once(rep, name, reads=1, writes=0):
+    g = rep["regions"][name]
+    assert g["min_reads"] == reads and g["max_reads"] == reads, (name, g)
+    assert g["min_writes"] == writes and g["max_writes"] == writes, (name, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_elementwise_traffic(dtype):
+    x = torch.randn(3 * 1024 + 5, dtype=dtype)
+    rep = _traffic(lambda: OPS.silu(x), x=x)
+    _once(rep, "x")
+    _coalesced(rep)
+    dy = torch.randn_like(x)
+    rep = _traffic(lambda: OPS.silu_backward(dy, x), x=x, dy=dy)
+    _once(rep, "x")
+    _once(rep, "dy")
+    _coalesced(rep)
+    # the outputs: written once, never read
+    dx = torch.empty_like(x)
+    rep = _traffic(lambda: OPS.silu_(dx.copy_(x)), dx=dx)
+    _once(rep, "dx", reads=1, writes=1)
+
+
+def test_glu_and_dropout_traffic():
+    x = torch.randn(64, 2 * 333)
+    rep = _traffic(lambda: OPS.swiglu_packed(x, -1), x=x)
+    _once(rep, "x")
+    _coalesced(rep)
+    dy = torch.randn(64, 333)
+    rep = _traffic(lambda: OPS.swiglu_packed_backward(dy, x, -1), x=x, dy=dy)
+    _once(rep, "x")
+    _once(rep, "dy")
+    _coalesced(rep)
+    seed = torch.tensor([1, 4])
+    rep = _traffic(lambda: OPS.dropout(x, 0.3, seed), x=x)
+    _once(rep, "x")
+    _coalesced(rep)
+
+
+def test_outputs_are_written_once():
+    x = torch.randn(64, 2 * 333)
+    box = {}
+
+    def run():
+        box["y"] = OPS.swiglu_packed(x, -1)
+
+    with emu.trace() as rep:
+        run()
+    # the output is allocated inside the call: count its bytes from the sites
+    stores = sum(s["bytes"] for l in rep["launches"] for s in l["sites"] if s["store"])
+    assert stores == box["y"].numel() * box["y"].element_size()
+    loads = sum(s["bytes"] for l in rep["launches"] for s in l["sites"] if not s["store"])
+    assert loads == x.numel() * x.element_size()
+
+
+@pytest.mark.parametrize("rows,classes", [(16, 1000), (3, 50257)])
+def test_cross_entropy_traffic(rows, classes):
+    x = torch.randn(rows, classes)
+    t = torch.randint(0, classes, (rows,))
+    rep = _traffic(lambda: OPS.cross_entropy_rows(x, t, None, -100, 0.0, 0.0, 0.0), x=x)
+    g = rep["regions"]["x"]
+    # every logit read once, the target logit of each row once more (an L2 hit
+    # on the GPU: 4 bytes a row)
+    assert g["min_reads"] == 1 and g["max_reads"] == 2 and g["max_writes"] == 0, g
+    assert g["read_bytes"] == x.numel() * 4 + rows * 4, g
+    _coalesced(rep)
+    loss, lse = OPS.cross_entropy_rows(x, t, None, -100, 0.0, 0.0, 0.0)
+    grad = torch.ones(rows)
+    rep = _traffic(lambda: OPS.cross_entropy_rows_backward(grad, x, t, None, lse, -100, 0.0, 0.0, 0.0), x=x)
+    _once(rep, "x")
+    _coalesced(rep)
+    # in place: the logits read once and overwritten once
+    z = x.clone()
+    rep = _traffic(lambda: OPS.cross_entropy_rows_backward_(grad, z, t, None, lse, -100, 0.0, 0.0, 0.0), z=z)
+    _once(rep, "z", reads=1, writes=1)
+    torch.testing.assert_close(z, OPS.cross_entropy_rows_backward(grad, x, t, None, lse, -100, 0.0, 0.0, 0.0))
+
+
+def test_traffic_report_for_the_readme(capsys):
+    """Prints each kernel's bytes and sector efficiency (the README quotes them)."""
+    x = torch.randn(64, 4096)
+    t = torch.randint(0, 4096, (64,))
+    cases = {
+        "silu forward": lambda: OPS.silu(x),
+        "swiglu packed forward": lambda: OPS.swiglu_packed(x, -1),
+        "dropout": lambda: OPS.dropout(x, 0.1, torch.tensor([1, 4])),
+        "cross_entropy forward": lambda: OPS.cross_entropy_rows(x, t, None, -100, 0.0, 0.0, 0.0),
+        "softmax forward": lambda: OPS.softmax_rows(x, False),
+        "mse sum": lambda: OPS.squared_difference_sum(x, x),
+    }
+    with capsys.disabled():
+        print("\nkernel traffic (64 x 4096 float32): bytes read / written, sectors vs minimum")
+        for label, fn in cases.items():
+            rep = _traffic(fn)
+            for l in rep["launches"]:
+                rd = sum(s["bytes"] for s in l["sites"] if not s["store"])
+                wr = sum(s["bytes"] for s in l["sites"] if s["store"])
+                sec = sum(s["sectors"] for s in l["sites"])
+                mn = sum(s["min_sectors"] for s in l["sites"])
+                eff = mn / sec if sec else 1.0
+                print(f"  {label:24s} {l['kernel'].split('<')[0]:24s} read {rd:>9d} B  write {wr:>9d} B  "
+                      f"sectors {sec:>7d} (min {mn}, {eff:.1%})")
+                assert eff >= 0.99, (label, l)
+
+
+def test_launch_table_for_the_log(capsys):
+    """Prints the kernels each op launches, forward and backward (the counts
+    the tests above assert), at a size where cross-entropy splits rows."""
+    x = torch.randn(4, 131075)
+    t = torch.randint(0, 131075, (4,))
+    cases = {
+        "gelu": (lambda a: F.gelu(a), [(4099,)]),
+        "swiglu (packed)": (lambda a: F.swiglu(a), [(64, 2 * 1024)]),
+        "dropout": (lambda a: F.dropout(a, 0.1), [(4099,)]),
+        "bias_act_dropout": (lambda a, b: F.bias_act_dropout(a, b, "gelu", 0.1), [(64, 96), (96,)]),
+        "cross_entropy 64 x 1000": (lambda a: F.cross_entropy(a, torch.zeros(64, dtype=torch.long)), [(64, 1000)]),
+        "softmax": (lambda a: F.softmax(a, -1), [(33, 1001)]),
+        "mse_loss (mean)": (lambda a, b: F.mse_loss(a, b), [(33, 101), (33, 101)]),
+    }
+    with capsys.disabled():
+        print("\nkernel launches per op (forward | backward):")
+        for label, (make, shapes) in cases.items():
+            fwd, bwd = _fwd_bwd_launches(make, *shapes)
+            print(f"  {label:28s} {len(fwd)} {[k.split('<')[0] for k in fwd]} | {len(bwd)} "
+                  f"{[k.split('<')[0] for k in bwd]}")
+            assert 1 <= len(fwd) <= 2 and len(bwd) == 1
+        xr = x.clone().requires_grad_(True)
+        box = {}
+        fwd = _count(lambda: box.setdefault("loss", F.cross_entropy(xr, t)))
+        bwd = _count(lambda: box["loss"].backward())
+        print(f"  {'cross_entropy 4 x 131075':28s} {len(fwd)} {[k.split('<')[0] for k in fwd]} | {len(bwd)} "
+              f"{[k.split('<')[0] for k in bwd]}   (split rows: forward + merge)")
+        assert len(fwd) == 2 and len(bwd) == 1
