@@ -91,6 +91,21 @@ def test_extreme_and_nan_logits(device):
     assert torch.isnan(a[2]) and torch.isfinite(a[[0, 1, 3, 4, 5]]).all()
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_zero_classes(reduction, device):
+    # (N, 0) logits: every target ignored (no class exists); probability
+    # targets of shape (N, 0)
+    x = torch.randn(3, 0, device=device, requires_grad=True)
+    t = torch.full((3,), -100, device=device)
+    a, b = F.cross_entropy(x, t, reduction=reduction), TF.cross_entropy(x, t, reduction=reduction)
+    torch.testing.assert_close(a, b, equal_nan=True)
+    y = torch.randn(3, 0, device=device)
+    a, b = F.cross_entropy(x, y, reduction=reduction), TF.cross_entropy(x, y, reduction=reduction)
+    torch.testing.assert_close(a, b, equal_nan=True)
+    (g,) = torch.autograd.grad(a.sum(), x)
+    assert g.shape == (3, 0)
+
+
 def test_masked_vocabulary_padding(device):
     # padded vocabulary entries masked with -inf, at the start and end of rows
     # (a thread's first values being -inf must not poison its running sum)

@@ -248,6 +248,48 @@ def test_module_and_patch():
     assert torch.nn.Dropout(0.2).state_dict().keys() == fnn.Dropout(0.2).state_dict().keys()
 
 
+def _philox4x32_10(seed: int, offset: int, group: int, fastact_domain: bool = True):
+    """Philox 4x32-10 in plain Python (fastact/philox.h), the yardstick both
+    the CPU kernels and (in the emulation lane) the CUDA kernels must match;
+    counter (group, offset | 2^63). With fastact_domain=False the counter is
+    curand's (group, subsequence) as torch's CUDA random kernels use it."""
+    m32 = 0xFFFFFFFF
+    seed, offset = seed & 0xFFFFFFFFFFFFFFFF, offset & 0xFFFFFFFFFFFFFFFF
+    c = [group & m32, group >> 32 & m32, offset & m32, offset >> 32 | (1 << 31 if fastact_domain else 0)]
+    k0, k1 = seed & m32, seed >> 32
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & m32, (p0 >> 32) ^ c[3] ^ k1, p0 & m32]
+        k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+    return c
+
+
+def test_mask_matches_philox_reference():
+    # CPU here; in the emulation lane the same call runs the CUDA kernel, so
+    # CPU and CUDA masks equal one reference and so each other.
+    n, p = 1003, 0.3
+    for seed, offset in ((0, 0), (123456789, 4), (-5, 1 << 40)):
+        want = torch.tensor([(_philox4x32_10(seed, offset, i >> 2)[i & 3] >> 8) / 16777216.0 >= p
+                             for i in range(n)])
+        assert torch.equal(F.dropout_mask((n,), p, seed, offset), want)
+        # a misaligned input takes the kernels' scalar path: the same draws
+        rng = torch.tensor([seed, offset], dtype=torch.int64)
+        misaligned = torch.ones(n + 1)[1:]
+        assert torch.equal(torch.ops.fastact.dropout(misaligned, p, rng) != 0, want)
+
+
+def test_streams_apart_from_torch_curand_streams():
+    # torch's CUDA random kernels draw curand Philox numbers with key = the
+    # generator's seed and counter (offset / 4 + k, thread index); ours have
+    # counter (i / 4, offset | 2^63): a torch thread whose index equals our
+    # offset must not see our mask's numbers (it did before the top bit).
+    seed, offset, n = 42, 8, 64
+    ours = F.dropout_mask((n,), 0.5, seed, offset)
+    torch_thread = torch.tensor([(_philox4x32_10(seed, offset, i >> 2, fastact_domain=False)[i & 3] >> 8)
+                                 / 16777216.0 >= 0.5 for i in range(n)])
+    assert not torch.equal(ours, torch_thread)
+
+
 @requires_cuda
 def test_cpu_and_cuda_masks_identical():
     for seed, offset in ((0, 0), (123456789, 4), (-5, 1 << 40)):

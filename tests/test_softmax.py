@@ -59,6 +59,18 @@ def test_dtype_argument_and_nan_row(device):
     torch.testing.assert_close(F.log_softmax(y, 1), TF.log_softmax(y, 1), equal_nan=True)
 
 
+@pytest.mark.parametrize("fn", FNS)
+def test_plus_inf_rows(fn, device):
+    # a row whose max is +inf is NaN throughout in torch (exp(inf - inf));
+    # also when the +inf is the only value besides -inf padding
+    x = torch.tensor([[float("inf"), 0.0, 1.0, 2.0],
+                      [0.0, 1.0, float("inf"), 2.0],
+                      [-float("inf"), float("inf"), -float("inf"), -float("inf")],
+                      [1.0, 2.0, 3.0, 4.0]], device=device)
+    x = torch.cat([x, torch.full((4, 37), -float("inf"), device=device)], 1)  # beyond one vector
+    torch.testing.assert_close(getattr(F, fn)(x, -1), getattr(TF, fn)(x, -1), equal_nan=True)
+
+
 def test_modules():
     x = torch.randn(2, 3, 4)
     torch.testing.assert_close(fnn.Softmax(1)(x), torch.nn.Softmax(1)(x))

@@ -156,12 +156,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
           }
           A l;
           if (in.y) {
-            l = s.wy * s.lse - s.wz;
+            l = ce_prob_loss(s.wy, s.wz, s.lse);
           } else {
             l = (A(1) - A(p.smoothing)) * s.w_t * (s.lse - s.z_t) +
                 A(p.smoothing) / static_cast<A>(C) * (in.total_weight * s.lse - s.wz);
           }
-          out[r] = l + A(p.z_loss) * s.lse * s.lse;
+          out[r] = l + ce_z_loss(A(p.z_loss), s.lse);
         }
       });
     });

@@ -70,6 +70,13 @@ void test_online_lse() {
   for (double& z : v) z = -INFINITY;
   r = three_ways(v);
   expect("online lse: all -inf gives -inf", r[0] == -INFINITY && r[1] == -INFINITY && r[2] == -INFINITY);
+  // a +inf value gives NaN on every path (torch: exp(inf - inf)), wherever it stands
+  for (int at : {0, 5, 15}) {
+    for (int i = 0; i < 16; ++i) v[i] = i < 9 ? -INFINITY : std::sin(i * 1.7);
+    v[at] = INFINITY;
+    r = three_ways(v);
+    expect("online lse: +inf gives NaN", std::isnan(r[0]) && std::isnan(r[1]) && std::isnan(r[2]));
+  }
 }
 
 }  // namespace

@@ -35,15 +35,31 @@ FA_HD A ce_cap(A x, A cap) {
   return cap > A(0) ? cap * ::fastact::math::tanh(x / cap) : x;
 }
 
+// The loss of a row with class-probability targets, sum_c w_c y'_c (lse - z_c)
+// = wy lse - wz; a row without target mass (no classes at all: lse = -inf)
+// loses 0, as torch's sum over no terms.
+template <class A>
+FA_HD A ce_prob_loss(A wy, A wz, A lse) {
+  return (wy == A(0) ? A(0) : wy * lse) - wz;
+}
+
+// z_loss * lse^2, and nothing when z_loss is 0 (lse may be -inf: no 0 * inf).
+template <class A>
+FA_HD A ce_z_loss(A z_loss, A lse) {
+  return z_loss == A(0) ? A(0) : z_loss * lse * lse;
+}
+
 // Running (max, sum of exp(z - max)) pair, merged one value or one pair at a
 // time. -inf values add nothing (also before any finite value: no
-// exp(-inf - -inf)); a NaN value makes s NaN, which every merge keeps.
+// exp(-inf - -inf)); a NaN value makes s NaN, which every merge keeps; a
+// +inf value makes it NaN too, as exp(inf - inf) does in torch's max-then-sum.
 template <class A>
 struct OnlineLse {
   A m = -INFINITY, s = 0;
   FA_HD void add(A z) {
     if (z > m) {
-      s = s * ::fastact::math::exp(m - z) + A(1);
+      // z - z: 0, or NaN for z = +inf (the term exp(z - max) of a row whose max is +inf)
+      s = s * ::fastact::math::exp(m - z) + (A(1) + (z - z));
       m = z;
     } else if (m != -INFINITY || z != z) {
       s += ::fastact::math::exp(z - m);

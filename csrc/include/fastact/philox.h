@@ -4,9 +4,14 @@
 // generator, written once for host and device.
 //
 // Random value i of a stream (seed, offset) is a pure function of the three:
-// key = seed, counter = (i / 4, offset), and lane i % 4 of the four 32-bit
-// outputs. The CPU and CUDA kernels therefore draw the identical numbers, and
-// a backward pass regenerates exactly the forward's draws.
+// key = seed, counter = (i / 4, offset | 2^63), and lane i % 4 of the four
+// 32-bit outputs. The CPU and CUDA kernels therefore draw the identical
+// numbers, and a backward pass regenerates exactly the forward's draws.
+// The top bit of the counter's high half keeps our counters apart from those
+// of torch's own CUDA random kernels under the same generator seed: curand's
+// Philox puts the thread index (< 2^63) there, so without the bit a torch
+// kernel whose thread index equals our offset would draw our mask's numbers.
+// (Offsets are therefore taken modulo 2^63.)
 #include <cstdint>
 
 #include "fastact/macros.h"
@@ -26,7 +31,7 @@ FA_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
 // The four 32-bit outputs for counter group `group` of stream (seed, offset).
 FA_HD Philox4x32 philox4x32_10(uint64_t seed, uint64_t offset, uint64_t group) {
   uint32_t c0 = static_cast<uint32_t>(group), c1 = static_cast<uint32_t>(group >> 32);
-  uint32_t c2 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
+  uint32_t c2 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32) | 0x80000000u;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
