@@ -22,7 +22,8 @@ __all__ = ["cross_entropy"]
 def _rows_fake(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap):
     n = logits.shape[0]
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
+    # the lse is float64 for every dtype: backward forms z - lse exactly from it
+    return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=torch.float64)
 
 
 @register_fake("fastact::cross_entropy_rows_backward")
