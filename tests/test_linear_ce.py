@@ -319,6 +319,55 @@ def test_vocab_parallel_matches_cross_entropy(world):
                 assert loss_ok and grad_ok, (rank, case, loss_ok, grad_ok)
 
 
+def _vocab_parallel_precision_worker(rank, world, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    n, v = 6, 5 * world
+    full = torch.randn(n, v, dtype=torch.float64)
+    target = torch.randint(0, v, (n,))
+    target[1] = -100
+    out = {}
+    # float64 stays float64: gradcheck of each rank's slice in turn (the
+    # ranks call the forward, and its all-reduces, in lockstep; the rank not
+    # checked holds its slice fixed and its output at 0, so the loss moves
+    # with one slice only and only the checked rank compares)
+    sl = full[:, rank * 5:(rank + 1) * 5].clone().requires_grad_(True)
+    fixed = sl.detach().clone()  # (gradcheck perturbs sl in place)
+
+    def checked_on(checked, **kw):
+        if rank == checked:
+            return lambda a: F.vocab_parallel_cross_entropy(a, target, **kw)
+        return lambda a: 0 * F.vocab_parallel_cross_entropy(fixed + 0 * a, target, **kw)
+    for case, kw in {"plain": {}, "smooth-zloss": dict(label_smoothing=0.2, z_loss=1e-2, reduction="sum")}.items():
+        for checked in range(world):
+            out[f"gradcheck-{case}-rank{checked}"] = torch.autograd.gradcheck(checked_on(checked, **kw), (sl,))
+    # shift invariance in float32: rows offset by +-1e4 and +-1e6 against float64
+    for offset in (1e4, -1e4, 1e6, -1e6):
+        shifted = (full * 2 + offset).float().double()  # float32-representable logits
+        x = shifted[:, rank * 5:(rank + 1) * 5].float().requires_grad_(True)
+        loss = F.vocab_parallel_cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+        g = torch.linspace(0.5, 1.5, n)
+        loss.backward(g)
+        ref_in = shifted.clone().requires_grad_(True)
+        ref = TF.cross_entropy(ref_in, target, reduction="none", label_smoothing=0.1)
+        ref.backward(g.double())
+        out[f"shift{offset:+g}"] = (
+            torch.allclose(loss.double(), ref, rtol=2e-6, atol=2e-6)
+            and torch.allclose(x.grad.double(), ref_in.grad[:, rank * 5:(rank + 1) * 5], rtol=2e-6, atol=1e-7))
+    torch.save(out, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_vocab_parallel_float64_and_shift_invariance():
+    world = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "result")
+        mp.spawn(_vocab_parallel_precision_worker, args=(world, init_file, result), nprocs=world, join=True)
+        for rank in range(world):
+            res = torch.load(f"{result}.{rank}")
+            assert all(res.values()), (rank, res)
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="no CUDA device / NCCL")
 def test_vocab_parallel_nccl():
     # one rank per GPU (NCCL does not share a device between ranks): on a

@@ -296,9 +296,12 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Per-row losses of vocabulary-sliced logits. Saves the slice itself (no
-    float32 copy) and the (N,) lse; the target's logit is gathered with a
-    mask, never with nonzero(), so nothing syncs with the host."""
+    """Per-row losses of vocabulary-sliced logits, in float32 (float64 for
+    float64 logits), every term relative to the global row max m (shift
+    invariance, as the row kernels): log s - (z_t - m), with s the all-reduced
+    sum of exp(z - m). Saves the slice itself (no float32 copy), m and log s;
+    the target's logit is gathered with a mask, never with nonzero(), so
+    nothing syncs with the host."""
 
     @staticmethod
     def forward(ctx, logits, target, group, ignore_index, smoothing, z_loss):
@@ -307,38 +310,40 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         n, v_local = logits.shape
         v = v_local * world
-        m = logits.max(1).values.float() if v_local else logits.new_full((n,), float("-inf"), dtype=torch.float32)
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        m = logits.max(1).values.to(acc) if v_local else logits.new_full((n,), float("-inf"), dtype=acc)
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        x = logits.float()  # transient: backward recomputes from the saved logits
-        sum_exp = torch.exp(x - m_safe[:, None]).sum(1)
+        x = logits.to(acc) - m_safe[:, None]  # transient: backward recomputes from the saved logits
+        sum_exp = torch.exp(x).sum(1)
         dist.all_reduce(sum_exp, group=group)
-        lse = m_safe + torch.log(sum_exp)
+        log_s = torch.log(sum_exp)
         local_t = target - rank * v_local
         mine = (local_t >= 0) & (local_t < v_local) & (target != ignore_index)
         idx = torch.where(mine, local_t, torch.zeros_like(local_t))
-        picked = logits.gather(1, idx[:, None]).squeeze(1).float() if v_local else m.new_zeros(n)
-        z_t = torch.where(mine, picked, torch.zeros_like(picked))
+        picked = x.gather(1, idx[:, None]).squeeze(1) if v_local else m.new_zeros(n)
+        z_t = torch.where(mine, picked, torch.zeros_like(picked))  # z_t - m
         dist.all_reduce(z_t, group=group)
-        sum_z = x.sum(1)
+        sum_z = x.sum(1)  # sum_c (z_c - m)
         del x
         dist.all_reduce(sum_z, group=group)
         counted = target != ignore_index
-        loss = (1 - smoothing) * (lse - z_t) + smoothing * (lse - sum_z / v) + z_loss * lse * lse
+        lse = m_safe + log_s
+        loss = (1 - smoothing) * (log_s - z_t) + smoothing * (log_s - sum_z / v) + z_loss * lse * lse
         loss = torch.where(counted, loss, torch.zeros_like(loss))
-        ctx.save_for_backward(logits, lse, idx, mine, counted)
+        ctx.save_for_backward(logits, m_safe, log_s, idx, mine, counted)
         ctx.options = (v, smoothing, z_loss)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        logits, lse, idx, mine, counted = ctx.saved_tensors
+        logits, m, log_s, idx, mine, counted = ctx.saved_tensors
         v, smoothing, z_loss = ctx.options
-        p = torch.exp(logits.float() - lse[:, None])
-        d = p * (1 + 2 * z_loss * lse[:, None]) - smoothing / v
+        p = torch.exp((logits.to(m.dtype) - m[:, None]) - log_s[:, None])
+        d = p * (1 + 2 * z_loss * (m + log_s)[:, None]) - smoothing / v
         if d.shape[1]:
             d.scatter_add_(1, idx[:, None], (-(1 - smoothing) * mine.to(d.dtype))[:, None])
-        d = d * (grad_loss * counted)[:, None]
+        d = d * (grad_loss.to(d.dtype) * counted)[:, None]
         return d.to(logits.dtype), None, None, None, None, None
 
 
