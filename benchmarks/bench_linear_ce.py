@@ -1,6 +1,8 @@
-"""Fused linear cross-entropy vs matmul + cross_entropy (and Liger's fused
-linear cross-entropy on CUDA when importable): forward+backward time and peak
-memory (CUDA: max_memory_allocated; CPU: peak RSS of a fresh subprocess)."""
+"""Fused linear cross-entropy vs matmul + cross_entropy, torch's own chunked
+linear_cross_entropy (torch >= 2.14, ``options=LinearCrossEntropyOptions()``)
+and Liger's fused linear cross-entropy (CUDA, when importable): forward+backward
+time and peak memory (CUDA: max_memory_allocated; CPU: peak RSS of a fresh
+subprocess)."""
 from __future__ import annotations
 
 import os
@@ -42,6 +44,8 @@ if {impl!r} == "fastact":
     loss = F.linear_cross_entropy(x, w, t)
 elif {impl!r} == "fastact-fp32acc":
     loss = F.linear_cross_entropy(x, w, t, accum_dtype=torch.float32)
+elif {impl!r} == "torch-chunked":
+    loss = torch.nn.functional.linear_cross_entropy(x, w, t, options=torch.nn.LinearCrossEntropyOptions())
 else:
     loss = torch.nn.functional.cross_entropy(x @ w.t(), t)
 loss.backward()
@@ -69,7 +73,7 @@ def cpu_head_rows(progress=None):
     (time and peak RSS of that one call)."""
     n, h, v = CPU_HEAD_SIZE
     rows = []
-    for impl in ("fastact", "fastact-fp32acc", "eager"):
+    for impl in ("fastact", "fastact-fp32acc") + (("torch-chunked",) if torch_chunked() else ()) + ("eager",):
         seconds, peak = cpu_peak(impl, CPU_HEAD_SIZE, "bfloat16")
         rows.append(Row(op=f"linear_cross_entropy[N={n},H={h},V={v}]", case="fwd+bwd (1 call)", impl=impl,
                         dtype="bfloat16", shape=f"({n}, {h}) x ({v}, {h})", ms=1e3 * seconds, gbps=0.0,
@@ -79,6 +83,15 @@ def cpu_head_rows(progress=None):
     for r in rows:
         r.speedup_vs_eager = rows[-1].ms / r.ms
     return rows
+
+
+def torch_chunked():
+    """torch's chunked linear_cross_entropy (torch >= 2.14), or None."""
+    options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    fn = getattr(torch.nn.functional, "linear_cross_entropy", None)
+    if options is None or fn is None:
+        return None
+    return lambda x, w, t: fn(x, w, t, options=options())
 
 
 def liger():
@@ -99,6 +112,9 @@ def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.f
              "eager": lambda: torch.nn.functional.cross_entropy((x @ w.t()).float(), t)}
     if dtype != torch.float32:  # grad_weight accumulated in float32 (torch's precision)
         impls["fastact-fp32acc"] = lambda: F.linear_cross_entropy(x, w, t, accum_dtype=torch.float32)
+    chunked = torch_chunked()
+    if chunked is not None:
+        impls["torch-chunked"] = lambda: chunked(x, w, t)
     lg = liger() if device == "cuda" else None
     if lg is not None:
         impls["liger"] = lambda: lg(w, x, t)
@@ -116,7 +132,7 @@ def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.f
             fn()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
-            peak = cpu_peak(impl, (n, h, v))[1] if impl in ("fastact", "eager") else None
+            peak = cpu_peak(impl, (n, h, v))[1] if impl in ("fastact", "torch-chunked", "eager") else None
         extra = None if peak is None else _memory_extra(peak, n, h, v, x.element_size())
         eager_ms = ms if impl == "eager" else eager_ms
         rows.append(Row(op=f"linear_cross_entropy[N={n},H={h},V={v}]", case="fwd+bwd", impl=impl,

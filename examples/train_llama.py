@@ -86,7 +86,7 @@ class TinyLlama(nn.Module):
             h = blk(h)
         h = self.norm(h)
         if self.fused_head:
-            return F.linear_cross_entropy(h, self.head.weight, targets)
+            return F.linear_cross_entropy(h.flatten(0, 1), self.head.weight, targets.flatten())
         return self.loss(self.head(h).flatten(0, 1), targets.flatten())
 
 

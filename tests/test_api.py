@@ -34,7 +34,7 @@ MODULES = ["ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU"
            "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
            "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold", "GLU",
            "Dropout", "Swish", "QuickGELU", "SquaredReLU", "SwiGLU", "CrossEntropyLoss", "MSELoss",
-           "Softmax", "LogSoftmax"]
+           "Softmax", "LogSoftmax", "LinearCrossEntropyLoss"]
 
 
 def params(fn):
@@ -103,3 +103,56 @@ def test_python_m_fastact_selfcheck():
     r = subprocess.run([sys.executable, "-m", "fastact"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "self-check passed" in r.stdout and "cuda_compiled" in r.stdout
+
+
+# linear_cross_entropy: torch 2.14's signature, then fastact's keyword extras
+LINEAR_CE = ["input", "linear_weight", "target", "linear_bias", "weight", "reduction", "ignore_index",
+             "label_smoothing", "options", "z_loss", "softcap", "chunk_size", "accum_dtype"]
+
+
+def test_linear_cross_entropy_signature():
+    sig = inspect.signature(F.linear_cross_entropy).parameters
+    assert list(sig) == LINEAR_CE
+    assert [p.kind for p in sig.values()][:3] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 3
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(sig.values())[3:])
+    assert sig["ignore_index"].default is None and sig["weight"].default is None
+    torch_fn = getattr(torch.nn.functional, "linear_cross_entropy", None)
+    if torch_fn is not None:  # torch >= 2.14: its arguments are our first ones, same defaults
+        theirs = inspect.signature(torch_fn).parameters
+        assert [(n, p.kind, p.default) for n, p in theirs.items()] == \
+            [(n, sig[n].kind, sig[n].default) for n in list(sig)[:len(theirs)]]
+
+
+def test_linear_cross_entropy_module_constructor():
+    m = fnn.LinearCrossEntropyLoss(6, 5, out_features=(2,), bias=True, label_smoothing=0.1, z_loss=1e-4,
+                                   chunk_size=3)
+    assert m.linear.weight.shape == (10, 6) and m.linear.bias.shape == (10,)
+    twin = getattr(torch.nn, "LinearCrossEntropyLoss", None)
+    if twin is not None:
+        assert isinstance(m, twin)
+        theirs = inspect.signature(twin.__init__).parameters
+        ours = inspect.signature(fnn.LinearCrossEntropyLoss.__init__).parameters
+        assert [(n, p.kind, p.default) for n, p in theirs.items()] == \
+            [(n, ours[n].kind, ours[n].default) for n in list(ours)[:len(theirs)]]
+
+
+@pytest.mark.parametrize("call,torch_call", [
+    (lambda: F.rrelu(torch.randn(3), 0.5, 0.1), lambda: torch.nn.functional.rrelu(torch.randn(3), 0.5, 0.1)),
+    (lambda: F.gelu(torch.randn(3), approximate="x"),
+     lambda: torch.nn.functional.gelu(torch.randn(3), approximate="x")),
+    (lambda: F.softshrink(torch.randn(3), -0.5), lambda: torch.nn.functional.softshrink(torch.randn(3), -0.5)),
+    (lambda: F.prelu(torch.randn(2, 3), torch.rand(2)),
+     lambda: torch.nn.functional.prelu(torch.randn(2, 3), torch.rand(2))),
+    (lambda: F.gelu(torch.ones(3, dtype=torch.long)),
+     lambda: torch.nn.functional.gelu(torch.ones(3, dtype=torch.long))),
+    (lambda: F.hardtanh(torch.randn(3), 1.0, -1.0), lambda: torch.nn.functional.hardtanh(torch.randn(3), 1.0, -1.0)),
+    (lambda: F.dropout(torch.randn(3), 1.5), lambda: torch.nn.functional.dropout(torch.randn(3), 1.5)),
+], ids=["rrelu-bounds", "gelu-approximate", "softshrink-lambd", "prelu-shape", "gelu-long", "hardtanh-bounds",
+        "dropout-p"])
+def test_errors_are_torch_exception_types(call, torch_call):
+    with pytest.raises(Exception) as theirs:
+        torch_call()
+    with pytest.raises(type(theirs.value)) as ours:
+        call()
+    assert str(ours.value).startswith("fastact."), str(ours.value)
+    assert isinstance(ours.value, (ValueError, TypeError))  # what fastact's own tests and users catch

@@ -281,3 +281,81 @@ def test_module_and_patch():
     torch.testing.assert_close(model["loss"](x, t), TF.cross_entropy(x, t, label_smoothing=0.2))
     z = fnn.CrossEntropyLoss(z_loss=1e-2, softcap=3.0)
     torch.testing.assert_close(z(x, t), composed(x, t, z_loss=1e-2, softcap=3.0))
+
+
+@pytest.mark.parametrize("offset", [1e4, -1e4, 1e6, -1e6], ids=lambda o: f"{o:+g}")
+@pytest.mark.parametrize("kind", ["index", "weight-smooth-zloss", "prob"])
+def test_shift_invariance_against_float64(kind, offset, device):
+    # rows offset by a large constant: loss and gradient relative to the row
+    # max, so float32 gives the float64 answer to float32 precision (forming
+    # lse - z_t on numbers near 1e4 loses the ulp of 1e4, ~1e-3). (softcap is
+    # not shift-invariant: c * tanh(x / c) itself is rounded on x's scale.)
+    torch.manual_seed(7)
+    x64 = torch.randn(8, 37, dtype=torch.float64, device=device) * 2 + offset
+    x64[3] = offset  # a row of equal logits: exactly log(C)
+    x64 = x64.to(torch.float32).double()  # representable in float32: both see the same logits
+    prob = kind == "prob"
+    t = torch.softmax(torch.randn(8, 37, dtype=torch.float64, device=device), 1) if prob else \
+        torch.randint(0, 37, (8,), device=device)
+    kw = {}
+    if kind == "weight-smooth-zloss":
+        kw = dict(weight=torch.rand(37, device=device) + 0.5, label_smoothing=0.1, z_loss=1e-9)
+    for reduction in ("none", "sum"):
+        x = x64.float().requires_grad_(True)
+        ref_in = x64.clone().requires_grad_(True)
+        kw64 = dict(kw, weight=kw["weight"].double()) if "weight" in kw else kw
+        a = F.cross_entropy(x, t.float() if prob else t, reduction=reduction, **kw)
+        b = F.cross_entropy(ref_in, t, reduction=reduction, **kw64)
+        if not kw.get("z_loss"):
+            torch.testing.assert_close(b, TF.cross_entropy(ref_in, t, reduction=reduction, **kw64))
+        g = torch.linspace(0.5, 1.5, a.numel(), device=device).view(a.shape)
+        (ga,) = torch.autograd.grad(a, x, g)
+        (gb,) = torch.autograd.grad(b, ref_in, g.double())
+        torch.testing.assert_close(a.double(), b, rtol=2e-6, atol=2e-6)
+        torch.testing.assert_close(ga.double(), gb, rtol=2e-6, atol=1e-7)
+    if kind == "index":
+        x = torch.full((3, 100), offset, device=device)
+        torch.testing.assert_close(F.cross_entropy(x, torch.tensor([0, 5, 99], device=device)),
+                                   torch.tensor(4.605170185988091, device=device), rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.3), dict(weighted=True),
+                                  dict(weighted=True, label_smoothing=0.1)], ids=["plain", "smooth", "weight",
+                                                                                   "weight-smooth"])
+@pytest.mark.parametrize("shape,classes", [((6,), 13), ((2, 3), 5), ((), 4)], ids=["NC", "NCd", "C"])
+def test_probability_target_gradient(reduction, opts, shape, classes, device):
+    # torch gives a probability target that requires grad its gradient: so do we
+    x, t = make(shape or (1,), classes, device, prob=True)
+    if shape == ():
+        x, t = x.reshape(classes), t.reshape(classes)
+    kw = dict(reduction=reduction, label_smoothing=opts.get("label_smoothing", 0.0))
+    if opts.get("weighted"):
+        kw["weight"] = torch.rand(classes, device=device) + 0.1
+    xa, ta = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    xb, tb = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    a, b = F.cross_entropy(xa, ta, **kw), TF.cross_entropy(xb, tb, **kw)
+    g = torch.randn_like(b)
+    for ours, theirs in zip(torch.autograd.grad(a, (xa, ta), g), torch.autograd.grad(b, (xb, tb), g)):
+        torch.testing.assert_close(ours, theirs)
+    # the target alone
+    (gt,) = torch.autograd.grad(F.cross_entropy(x, ta, **kw), ta, g)
+    (gt_ref,) = torch.autograd.grad(TF.cross_entropy(x, tb, **kw), tb, g)
+    torch.testing.assert_close(gt, gt_ref)
+
+
+def test_probability_target_gradcheck(device):
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.softmax(torch.randn(4, 6, dtype=torch.float64, device=device), 1).requires_grad_(True)
+    w = torch.rand(6, dtype=torch.float64, device=device) + 0.5
+    for kw in (dict(), dict(weight=w, label_smoothing=0.2), dict(reduction="none", label_smoothing=0.1),
+               dict(z_loss=1e-2, softcap=3.0, reduction="sum")):
+        assert torch.autograd.gradcheck(lambda a, b: F.cross_entropy(a, b, **kw), (x, y))
+
+
+def test_probability_target_gradient_module(device):
+    x, t = make((5,), 7, device, prob=True)
+    ta, tb = t.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    fnn.CrossEntropyLoss(label_smoothing=0.1)(x, ta).backward()
+    torch.nn.CrossEntropyLoss(label_smoothing=0.1)(x, tb).backward()
+    torch.testing.assert_close(ta.grad, tb.grad)

@@ -41,8 +41,11 @@ def test_matches_unfused(reduction, opts, bias, chunk, device):
     b = torch.randn(53, device=device, requires_grad=True) if bias else None
     t = torch.randint(0, 53, (2, 19), device=device)
     t[0, :3] = opts.get("ignore_index", -100)
-    ours = F.linear_cross_entropy(h, w, t, b, reduction=reduction, chunk_size=chunk, **opts)
+    ours = F.linear_cross_entropy(h.flatten(0, 1), w, t.flatten(), linear_bias=b, reduction=reduction,
+                                  chunk_size=chunk, **opts)
     ref = unfused(h, w, t, b, reduction=reduction, **opts)
+    if reduction == "none":
+        ref = ref.flatten()
     torch.testing.assert_close(ours, ref)
     g = torch.randn_like(ref)
     inputs = (h, w) + ((b,) if bias else ())
@@ -122,8 +125,10 @@ def test_gradcheck_and_module():
     w = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0, 6, -100, 2, 2])
     assert torch.autograd.gradcheck(lambda a, b: F.linear_cross_entropy(a, b, t, chunk_size=2, label_smoothing=0.1), (h, w))
-    m = fnn.LinearCrossEntropyLoss(label_smoothing=0.1, chunk_size=3)
-    torch.testing.assert_close(m(h, w, t), unfused(h, w, t, label_smoothing=0.1))
+    m = fnn.LinearCrossEntropyLoss(4, 7, label_smoothing=0.1, chunk_size=3, dtype=torch.float64)
+    with torch.no_grad():
+        m.linear.weight.copy_(w)
+    torch.testing.assert_close(m(h, t), unfused(h, w, t, label_smoothing=0.1))
 
 
 def test_saves_no_logits():
@@ -148,6 +153,132 @@ def test_bad_input():
         F.linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 4), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         F.linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long), reduction="x")
+
+
+HAS_TORCH_LCE = hasattr(TF, "linear_cross_entropy")
+
+
+def reference_lce(input, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=None, **kw):
+    """torch 2.14's definition: cross_entropy(linear(...)) on logits (N, C, d1, ...)."""
+    classes, out = linear_weight.shape[0], linear_weight.shape[1:-1]
+    z = TF.linear(input, linear_weight.reshape(-1, input.shape[-1]),
+                  linear_bias.reshape(-1) if linear_bias is not None else None)
+    z = z.reshape(*input.shape[:-1], classes, *out)
+    return TF.cross_entropy(z, target, weight=weight, ignore_index=-100 if ignore_index is None else ignore_index,
+                            **kw)
+
+
+LCE_CASES = {
+    "plain": dict(), "sum": dict(reduction="sum"), "none": dict(reduction="none"),
+    "class-weight": dict(weight=True), "class-weight-none": dict(weight=True, reduction="none"),
+    "ignore1-weight": dict(ignore_index=1, weight=True), "bias": dict(bias=True),
+    "bias-weight-smooth-sum": dict(bias=True, weight=True, label_smoothing=0.2, reduction="sum"),
+}
+
+
+@pytest.mark.parametrize("case,prob", [(c, p) for c in sorted(LCE_CASES) for p in (False, True)
+                                       if not (p and "ignore_index" in LCE_CASES[c])])  # (torch rejects those)
+@pytest.mark.parametrize("layout", ["NH", "H", "K-dim"])
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_matches_torch_linear_cross_entropy(case, prob, layout, chunk):
+    # torch 2.14's signature and semantics: positional (input, linear_weight,
+    # target), weight= the class weight, (C, d1, ..., H) linear weights,
+    # probability targets (with their gradient)
+    opts = dict(LCE_CASES[case])
+    torch.manual_seed(3)
+    classes, hdim = 6, 5
+    out = (3,) if layout == "K-dim" else ()
+    x = torch.randn(*(() if layout == "H" else (7,)), hdim, dtype=torch.float64)
+    w = torch.randn(classes, *out, hdim, dtype=torch.float64)
+    logits_shape = (*x.shape[:-1], classes, *out)
+    if prob:
+        t = torch.softmax(torch.randn(logits_shape, dtype=torch.float64), x.dim() - 1)
+    else:
+        t = torch.randint(0, classes, (*x.shape[:-1], *out))
+    kw = {k: v for k, v in opts.items() if k not in ("weight", "bias")}
+    tensors = dict(input=x, linear_weight=w, target=t)
+    if opts.get("bias"):
+        tensors["linear_bias"] = torch.randn(classes, *out, dtype=torch.float64)
+    if opts.get("weight"):
+        kw["weight"] = torch.rand(classes, dtype=torch.float64) + 0.5
+    a_in = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in tensors.items()}
+    b_in = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in tensors.items()}
+    ours = F.linear_cross_entropy(a_in.pop("input"), a_in.pop("linear_weight"), a_in.pop("target"), **a_in, **kw,
+                                  chunk_size=chunk)
+    ref_fn = TF.linear_cross_entropy if HAS_TORCH_LCE else reference_lce
+    ref = ref_fn(b_in.pop("input"), b_in.pop("linear_weight"), b_in.pop("target"), **b_in, **kw)
+    torch.testing.assert_close(ours, ref, equal_nan=True)  # (NaN: mean over an ignored unbatched target)
+    g = torch.rand_like(ref) + 0.5
+    leaves_a = [v for v in _leaves(ours)]
+    leaves_b = [v for v in _leaves(ref)]
+    for go, gr in zip(torch.autograd.grad(ours, leaves_a, g), torch.autograd.grad(ref, leaves_b, g)):
+        torch.testing.assert_close(go, gr, equal_nan=True)
+
+
+def _leaves(out):
+    """The leaf tensors that require grad behind `out`, in creation order."""
+    seen, stack, leaves = set(), [out.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.append(fn.variable)
+        stack.extend(f for f, _ in fn.next_functions)
+    return sorted(leaves, key=lambda t: tuple(t.shape))
+
+
+def test_probability_target_gradcheck():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1).requires_grad_(True)
+    cw = torch.rand(5, dtype=torch.float64) + 0.5
+    for kw in (dict(), dict(weight=cw, label_smoothing=0.1, chunk_size=3), dict(reduction="none", chunk_size=1)):
+        assert torch.autograd.gradcheck(lambda a, b, c: F.linear_cross_entropy(a, b, c, **kw), (x, w, y))
+
+
+def test_options_accepted():
+    if not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        pytest.skip("torch < 2.14: no LinearCrossEntropyOptions")
+    x, w, t = torch.randn(9, 4), torch.randn(11, 4), torch.randint(0, 11, (9,))
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2)
+    torch.testing.assert_close(F.linear_cross_entropy(x, w, t, options=options), reference_lce(x, w, t))
+
+
+@pytest.mark.parametrize("out_features,bias", [((), False), ((2,), True)])
+def test_module_like_torch(out_features, bias):
+    torch.manual_seed(4)
+    cw = torch.rand(5) + 0.5
+    ours = fnn.LinearCrossEntropyLoss(3, 5, out_features=out_features, bias=bias, weight=cw, label_smoothing=0.1,
+                                      reduction="sum")
+    x = torch.randn(6, 3)
+    t = torch.randint(0, 5, (6, *out_features))
+    w = ours.linear.weight.reshape(5, *out_features, 3)
+    b = ours.linear.bias.reshape(5, *out_features) if bias else None
+    ref = reference_lce(x, w, t, linear_bias=b, weight=cw, label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(ours(x, t), ref)
+    twin = getattr(torch.nn, "LinearCrossEntropyLoss", None)
+    if twin is not None:  # state dicts load both ways; same result
+        theirs = twin(3, 5, out_features=out_features, bias=bias, weight=cw, label_smoothing=0.1, reduction="sum")
+        theirs.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(theirs(x, t), ref)
+        ours.load_state_dict(theirs.state_dict())
+        assert fnn.patch(torch.nn.Sequential(theirs)).fastact_patched == {"LinearCrossEntropyLoss": 1}
+        torch.testing.assert_close(theirs(x, t), ref)
+
+
+def test_torch_errors():
+    # what torch rejects, we reject, with an exception that is torch's type (RuntimeError)
+    def arg(*shape):
+        return torch.randn(*shape)
+    cases = [((arg(2, 3, 3), arg(2, 3), arg(3, 2)), {}), ((arg(2, 3), arg(2), arg(2, 2)), {}),
+             ((arg(2, 3), arg(2, 4), arg(2, 2)), {}), ((arg(2, 3), arg(2, 3), arg(2, 2)), dict(ignore_index=0)),
+             ((arg(3), arg(2, 4, 3), arg(2, 4)), {}), ((arg(2, 3), arg(2, 3), arg(2)), dict(linear_bias=arg(3))),
+             ((arg(2, 3), arg(2, 3), torch.zeros(2, dtype=torch.long)), dict(weight=arg(3)))]
+    for args, kw in cases:
+        with pytest.raises(RuntimeError, match="fastact.linear_cross_entropy"):
+            F.linear_cross_entropy(*args, **kw)
 
 
 def _vocab_parallel_worker(rank, world, init_file, result_file, backend="gloo"):
@@ -186,6 +317,55 @@ def test_vocab_parallel_matches_cross_entropy(world):
             res = torch.load(f"{result}.{rank}")
             for case, (loss_ok, grad_ok) in res.items():
                 assert loss_ok and grad_ok, (rank, case, loss_ok, grad_ok)
+
+
+def _vocab_parallel_precision_worker(rank, world, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    n, v = 6, 5 * world
+    full = torch.randn(n, v, dtype=torch.float64)
+    target = torch.randint(0, v, (n,))
+    target[1] = -100
+    out = {}
+    # float64 stays float64: gradcheck of each rank's slice in turn (the
+    # ranks call the forward, and its all-reduces, in lockstep; the rank not
+    # checked holds its slice fixed and its output at 0, so the loss moves
+    # with one slice only and only the checked rank compares)
+    sl = full[:, rank * 5:(rank + 1) * 5].clone().requires_grad_(True)
+    fixed = sl.detach().clone()  # (gradcheck perturbs sl in place)
+
+    def checked_on(checked, **kw):
+        if rank == checked:
+            return lambda a: F.vocab_parallel_cross_entropy(a, target, **kw)
+        return lambda a: 0 * F.vocab_parallel_cross_entropy(fixed + 0 * a, target, **kw)
+    for case, kw in {"plain": {}, "smooth-zloss": dict(label_smoothing=0.2, z_loss=1e-2, reduction="sum")}.items():
+        for checked in range(world):
+            out[f"gradcheck-{case}-rank{checked}"] = torch.autograd.gradcheck(checked_on(checked, **kw), (sl,))
+    # shift invariance in float32: rows offset by +-1e4 and +-1e6 against float64
+    for offset in (1e4, -1e4, 1e6, -1e6):
+        shifted = (full * 2 + offset).float().double()  # float32-representable logits
+        x = shifted[:, rank * 5:(rank + 1) * 5].float().requires_grad_(True)
+        loss = F.vocab_parallel_cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+        g = torch.linspace(0.5, 1.5, n)
+        loss.backward(g)
+        ref_in = shifted.clone().requires_grad_(True)
+        ref = TF.cross_entropy(ref_in, target, reduction="none", label_smoothing=0.1)
+        ref.backward(g.double())
+        out[f"shift{offset:+g}"] = (
+            torch.allclose(loss.double(), ref, rtol=2e-6, atol=2e-6)
+            and torch.allclose(x.grad.double(), ref_in.grad[:, rank * 5:(rank + 1) * 5], rtol=2e-6, atol=1e-7))
+    torch.save(out, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_vocab_parallel_float64_and_shift_invariance():
+    world = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "result")
+        mp.spawn(_vocab_parallel_precision_worker, args=(world, init_file, result), nprocs=world, join=True)
+        for rank in range(world):
+            res = torch.load(f"{result}.{rank}")
+            assert all(res.values()), (rank, res)
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="no CUDA device / NCCL")

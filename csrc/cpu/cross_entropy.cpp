@@ -13,9 +13,14 @@
 namespace fastact {
 namespace {
 
+// Everything relative to the row max m (shift invariance: a row of logits
+// near -1e4 must give the loss of the same row near 0, and lse - z_t formed
+// on large numbers loses the ulp of 1e4):
 template <class A>
 struct RowSums {
-  A lse, z_t, w_t, wz;  // wz: sum_c w_c z_c (smoothing) or sum_c w_c y'_c z_c (prob.)
+  double lse;           // m + log s, in float64 (what backward reads)
+  A log_s;              // log sum_c exp(z_c - m)
+  A z_t, w_t, wz;       // z_t - m; wz: sum_c w_c (z_c - m) (smoothing) or sum_c w_c y'_c (z_c - m) (prob.)
   A wy;                 // prob. targets: S = sum_c w_c y'_c
 };
 
@@ -57,7 +62,7 @@ FA_CPU_CLONES RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t,
     if (need_wz) {
 #pragma omp simd reduction(+ : bwz, bwy)
       for (int64_t c = b; c < e; ++c) {
-        const A z = capped<kCap>(static_cast<A>(x[c]), cap);
+        const A z = capped<kCap>(static_cast<A>(x[c]), cap) - mm;
         A wc = A(1);
         if constexpr (kWeight) wc = w[c];
         if constexpr (kProb) {
@@ -74,13 +79,14 @@ FA_CPU_CLONES RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t,
     wy += bwy;
   }
   RowSums<A> r;
-  r.lse = m == -INFINITY ? A(-INFINITY) : m + static_cast<A>(std::log(s));
+  r.log_s = static_cast<A>(std::log(s));
+  r.lse = m == -INFINITY ? -INFINITY : static_cast<double>(m) + std::log(s);
   r.wz = static_cast<A>(wz);
   r.wy = static_cast<A>(wy);
   r.z_t = 0;
   r.w_t = 1;
   if (!kProb && t != p.ignore_index) {
-    r.z_t = capped<kCap>(static_cast<A>(x[t]), cap);
+    r.z_t = capped<kCap>(static_cast<A>(x[t]), cap) - mm;
     if constexpr (kWeight) r.w_t = w[t];
   }
   return r;
@@ -134,12 +140,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
   const CrossEntropyParams& p = a.p;
   const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor loss = at::empty({p.rows}, a.logits.options().dtype(acc));
-  at::Tensor lse = at::empty({p.rows}, a.logits.options().dtype(acc));
+  at::Tensor lse = at::empty({p.rows}, a.logits.options().dtype(at::kDouble));
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
     const RowInputs<scalar_t> in(a);
     A* out = loss.mutable_data_ptr<A>();
-    A* out_lse = lse.mutable_data_ptr<A>();
+    double* out_lse = lse.mutable_data_ptr<double>();
     const int64_t C = p.classes;
     // the loop specialization is chosen once per call, not per row
     with_row_kind(p, [&](auto cap, auto weight, auto prob) {
@@ -156,12 +162,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
           }
           A l;
           if (in.y) {
-            l = ce_prob_loss(s.wy, s.wz, s.lse);
+            l = ce_prob_loss(s.wy, s.wz, s.log_s);
           } else {
-            l = (A(1) - A(p.smoothing)) * s.w_t * (s.lse - s.z_t) +
-                A(p.smoothing) / static_cast<A>(C) * (in.total_weight * s.lse - s.wz);
+            l = (A(1) - A(p.smoothing)) * s.w_t * (s.log_s - s.z_t) +
+                A(p.smoothing) / static_cast<A>(C) * (in.total_weight * s.log_s - s.wz);
           }
-          out[r] = l + ce_z_loss(A(p.z_loss), s.lse);
+          out[r] = l + ce_z_loss(A(p.z_loss), static_cast<A>(s.lse));
         }
       });
     });
@@ -171,9 +177,14 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
 
 // d(logits) of one row; dr may alias xr (the in-place op): each element is
 // read before it is written, and the target's element is computed first.
+// p_c = exp((z_c - hi) - lo) from the float64 lse (split_lse): exact under a
+// shift of the row (the float lse alone is off by up to half its ulp, 5e-4
+// near 1e4).
 template <bool kCap, bool kWeight, bool kProb, class S, class A>
-FA_CPU_CLONES void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, A lse_r, A W,
+FA_CPU_CLONES void row_backward(const S* xr, const S* yr, const A* w, int64_t t, A gr, double lse, A W,
                   const CrossEntropyParams& p, S* dr) {
+  const LseSplit<A> split = split_lse<A>(lse);
+  const A lse_r = split.hi, lse_lo = split.lo;
   const int64_t C = p.classes;
   const A cap = p.softcap, keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A sum_wy = 0;
@@ -192,7 +203,7 @@ FA_CPU_CLONES void row_backward(const S* xr, const S* yr, const A* w, int64_t t,
   // loop); the target element is computed with it beforehand.
   auto grad_of = [&](int64_t c, A onehot) {
     const A z = capped<kCap>(static_cast<A>(xr[c]), cap);
-    const A pc = ::fastact::math::exp(z - lse_r);
+    const A pc = ::fastact::math::exp((z - lse_r) - lse_lo);
     A wc = A(1);
     if constexpr (kWeight) wc = w[c];
     A dz;
@@ -218,12 +229,12 @@ void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::
   const CrossEntropyParams& p = a.p;
   const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor g = grad.to(acc).contiguous();
-  at::Tensor l = lse.to(acc).contiguous();
+  at::Tensor l = lse.to(at::kDouble).contiguous();
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
     const RowInputs<scalar_t> in(a);
     const A* gp = g.const_data_ptr<A>();
-    const A* lp = l.const_data_ptr<A>();
+    const double* lp = l.const_data_ptr<double>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const int64_t C = p.classes;
     with_row_kind(p, [&](auto cap, auto weight, auto prob) {

@@ -22,7 +22,8 @@ __all__ = ["cross_entropy"]
 def _rows_fake(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap):
     n = logits.shape[0]
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
+    # the lse is float64 for every dtype: backward forms z - lse exactly from it
+    return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=torch.float64)
 
 
 @register_fake("fastact::cross_entropy_rows_backward")
@@ -42,14 +43,34 @@ def _rows_setup(ctx, inputs, output):
     ctx.options = tuple(options)
 
 
+def prob_target_grad(grad_rows: Tensor, logits: Tensor, weight: Optional[Tensor], smoothing: float,
+                     softcap: float, dtype: torch.dtype) -> Tensor:
+    """d(row losses)/d(probability target) for rows of logits [rows, C]:
+    ``-g_r * (1 - eps) * w_c * log_softmax(z_r)_c`` (z the softcapped logits;
+    the z-loss term does not depend on the target). Plain torch ops, run only
+    when the target requires grad."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(acc)
+    if softcap > 0:
+        z = softcap * torch.tanh(z / softcap)
+    scale = grad_rows.to(acc)[:, None] * -(1.0 - smoothing)
+    if weight is not None:
+        scale = scale * weight.to(acc)
+    return (torch.log_softmax(z, 1) * scale).to(dtype)
+
+
 def _rows_backward(ctx, grad_loss, grad_lse):
     logits, target, weight, lse = ctx.saved_tensors
-    grad_logits = None
+    grad_logits = grad_target = None
+    if grad_loss is None:
+        grad_loss = torch.zeros(lse.shape, dtype=logits.dtype if logits.dtype == torch.float64 else torch.float32,
+                                device=lse.device)
     if ctx.needs_input_grad[0]:
-        if grad_loss is None:
-            grad_loss = torch.zeros_like(lse)
         grad_logits = _ops.cross_entropy_rows_backward(grad_loss, logits, target, weight, lse, *ctx.options)
-    return grad_logits, None, None, None, None, None, None
+    if ctx.needs_input_grad[1] and target.is_floating_point():
+        _, smoothing, _, softcap = ctx.options
+        grad_target = prob_target_grad(grad_loss, logits, weight, smoothing, softcap, target.dtype)
+    return grad_logits, grad_target, None, None, None, None, None
 
 
 register_autograd("fastact::cross_entropy_rows", _rows_backward, setup_context=_rows_setup)
@@ -76,7 +97,12 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     ``z_loss * logsumexp(logits)**2`` per counted row (added to that row's loss,
     not scaled by the class weight, reduced like it) and ``softcap=c``, which
     first maps logits to ``c * tanh(logits / c)``. Loss math in float32; the
-    loss comes back in the input's dtype, as in torch."""
+    loss comes back in the input's dtype, as in torch.
+
+    A class-probability target that requires grad gets torch's gradient,
+    ``-g * w_c * (1 - label_smoothing) * log_softmax(z)_c`` per row (g the row's
+    upstream gradient); with ``softcap``, z are the capped logits; ``z_loss``
+    adds nothing to it (logsumexp does not depend on the target)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"fastact.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:

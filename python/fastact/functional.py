@@ -57,6 +57,9 @@ def _rrelu_seed(input: Tensor) -> Tensor:
 
 def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
           inplace: bool = False) -> Tensor:
+    if not lower <= upper:  # torch checks this in eval mode too
+        raise ValueError(f"fastact.rrelu: lower bound ({lower}) must be less than or equal to the upper "
+                         f"bound ({upper})")
     if not training:
         return leaky_relu(input, (lower + upper) / 2, inplace)
     if not inplace:
@@ -119,6 +122,9 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 
 
 def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    if input.is_floating_point() and lambd > torch.finfo(input.dtype).max:
+        raise ValueError(f"fastact.softshrink: lambd must be in [0, {torch.finfo(input.dtype).max:g}] for "
+                         f"{input.dtype}, got {lambd}")
     return _ops.softshrink(input, float(lambd))
 
 
@@ -202,3 +208,12 @@ from .linear_ce import linear_cross_entropy, vocab_parallel_cross_entropy  # noq
 
 __all__ += ["cross_entropy", "softmax", "log_softmax", "mse_loss", "linear_cross_entropy",
             "vocab_parallel_cross_entropy"]
+
+
+# Errors: every ValueError / TypeError leaving these functions is also a
+# RuntimeError (errors.py), as torch raises RuntimeError for most bad arguments.
+from .errors import torch_errors as _torch_errors  # noqa: E402
+
+for _name in __all__:
+    globals()[_name] = _torch_errors(globals()[_name])
+del _name

@@ -2,10 +2,13 @@
 vocabulary-parallel cross-entropy over torch.distributed."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from .cross_entropy import prob_target_grad
 
 _ops = torch.ops.fastact
 
@@ -28,7 +31,7 @@ def _chunk_rows(n: int, v: int, itemsize: int, chunk_size: Optional[int]) -> int
 
 class _Chunks:
     """The chunk loop: yields (start, end, logits) per chunk of tokens, the
-    logits computed into one reused (chunk x V) buffer that the caller may
+    logits computed into one reused (chunk x D*C) buffer that the caller may
     overwrite (with their gradient) before the next chunk."""
 
     def __init__(self, hidden, weight, bias, chunk):
@@ -48,34 +51,50 @@ class _Chunks:
             yield s, e, z
 
 
+class _Options(NamedTuple):
+    classes: int        # C: the logits of a token are D rows of C classes
+    per_token: int      # D = prod(out_features)
+    ignore_index: int
+    smoothing: float
+    z_loss: float
+    softcap: float      # 0: none
+    chunk: int
+    accum_dtype: Optional[torch.dtype]
+
+    def row_options(self):
+        return (self.ignore_index, self.smoothing, self.z_loss, self.softcap)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Per-row losses of hidden @ weight.T + bias, chunk by chunk. With a
-    scalar upstream gradient known in advance (`row_grad`: the mean's or
-    sum's per-row factor) the gradients are folded in during forward while each
+    """Per-row losses of hidden @ weight.T + bias (weight [D*C, H]: each token
+    gives D rows of C classes), chunk by chunk of tokens. With a scalar
+    upstream gradient known in advance (`row_grad`: the mean's or sum's
+    per-row factor) the gradients are folded in during forward while each
     chunk's logits exist, and backward only scales them; otherwise
-    (reduction='none') backward recomputes each chunk's logits."""
+    (reduction='none', or a probability target that requires grad) backward
+    recomputes each chunk's logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, row_grad, ignore_index, smoothing, z_loss, softcap, chunk,
-                accum_dtype):
-        n = hidden.shape[0]
+    def forward(ctx, hidden, weight, bias, target, class_weight, row_grad, o: _Options):
+        n, d = hidden.shape[0], o.per_token
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        options = (ignore_index, smoothing, z_loss, softcap)
-        loss = hidden.new_empty((n,), dtype=acc)
-        lse = hidden.new_empty((n,), dtype=acc)
-        eager_grads = row_grad is not None and any(ctx.needs_input_grad[:3])
-        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, accum_dtype) if eager_grads else None
-        for s, e, z in _Chunks(hidden, weight, bias, chunk):
-            loss[s:e], lse[s:e] = _ops.cross_entropy_rows(z, target[s:e], None, *options)
+        loss = hidden.new_empty((n * d,), dtype=acc)
+        lse = hidden.new_empty((n * d,), dtype=torch.float64)
+        eager_grads = row_grad is not None and any(ctx.needs_input_grad[:3]) and not ctx.needs_input_grad[3]
+        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, o.accum_dtype) if eager_grads else None
+        options = o.row_options()
+        for s, e, z in _Chunks(hidden, weight, bias, o.chunk):
+            rows, tgt = z.view(-1, o.classes), target[s * d:e * d]
+            loss[s * d:e * d], lse[s * d:e * d] = _ops.cross_entropy_rows(rows, tgt, class_weight, *options)
             if grads is not None:
-                _ops.cross_entropy_rows_backward_(row_grad.expand(e - s), z, target[s:e], None, lse[s:e], *options)
+                _ops.cross_entropy_rows_backward_(row_grad.expand(rows.shape[0]), rows, tgt, class_weight,
+                                                  lse[s * d:e * d], *options)
                 grads.add(s, e, z, hidden, weight)
-        ctx.eager, ctx.row_grad = grads, row_grad
-        ctx.options, ctx.chunk, ctx.accum_dtype = options, chunk, accum_dtype
+        ctx.eager, ctx.row_grad, ctx.o = grads, row_grad, o
         # (inputs: saving them costs nothing; a second backward through a
         # retained graph recomputes, since the first one hands the folded
         # gradients to autograd without keeping a reference)
-        ctx.save_for_backward(hidden, weight, bias, target, lse)
+        ctx.save_for_backward(hidden, weight, bias, target, class_weight, lse)
         return loss
 
     @staticmethod
@@ -85,15 +104,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # row_grad is already in the gradients, grad_output is not.
             # Scaled in place and released: autograd can keep the buffers as
             # .grad without a copy.
-            scale = grad_loss[:1] / ctx.row_grad
+            # (a mean over no counted row: row_grad = 1/0 = inf and every
+            # row's gradient is 0, as in torch; keep it 0, not inf/inf)
+            row_grad = ctx.row_grad
+            scale = torch.where(torch.isfinite(row_grad), grad_loss[:1] / row_grad, torch.zeros_like(row_grad))
             grads, ctx.eager = ctx.eager.result(scale), None
-            return grads + (None,) * 8
-        hidden, weight, bias, target, lse = ctx.saved_tensors
-        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, ctx.accum_dtype)
-        for s, e, z in _Chunks(hidden, weight, bias, ctx.chunk):
-            _ops.cross_entropy_rows_backward_(grad_loss[s:e], z, target[s:e], None, lse[s:e], *ctx.options)
-            grads.add(s, e, z, hidden, weight)
-        return grads.result(None) + (None,) * 8
+            return grads + (None,) * 4
+        hidden, weight, bias, target, class_weight, lse = ctx.saved_tensors
+        o, d = ctx.o, ctx.o.per_token
+        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, o.accum_dtype)
+        grad_target = torch.empty_like(target) if ctx.needs_input_grad[3] else None
+        for s, e, z in _Chunks(hidden, weight, bias, o.chunk):
+            rows, g = z.view(-1, o.classes), grad_loss[s * d:e * d]
+            if grad_target is not None:  # before the logits are overwritten
+                grad_target[s * d:e * d] = prob_target_grad(g, rows, class_weight, o.smoothing, o.softcap,
+                                                            target.dtype)
+            if any(ctx.needs_input_grad[:3]):
+                _ops.cross_entropy_rows_backward_(g, rows, target[s * d:e * d], class_weight, lse[s * d:e * d],
+                                                  *o.row_options())
+                grads.add(s, e, z, hidden, weight)
+        return grads.result(None) + (grad_target, None, None, None)
 
 
 class _Grads:
@@ -130,32 +160,88 @@ class _Grads:
         return tuple(out)
 
 
-@torch._dynamo.disable
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
-                         ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                         z_loss: float = 0.0, softcap: Optional[float] = None,
-                         chunk_size: Optional[int] = None, accum_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """``cross_entropy(hidden @ weight.T + bias, target, ...)`` without the
-    full logits: tokens go through in chunks (matmul into one reused buffer,
-    then the fused cross-entropy row kernels, which overwrite it with the
-    logits' gradient); each chunk's gradient is folded into grad_hidden,
-    grad_weight and grad_bias at once (in forward for 'mean' and 'sum'; for
-    'none' backward recomputes each chunk).
+def _options_chunk(options) -> Optional[int]:
+    """The rows per chunk a torch LinearCrossEntropyOptions asks for, if any."""
+    size = getattr(options, "batch_chunk_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else None
 
-    Extra memory: one (chunk_size x V) buffer (by default 4 % of the full
-    logits, at least 32 MB). ``accum_dtype`` is the dtype grad_weight
-    accumulates in over the chunks: None (default) accumulates in the weight's
-    own dtype (no extra memory; for bf16/fp16 weights one rounding per chunk,
-    as Liger-Kernel does); ``torch.float32`` matches the unfused precision at
-    the cost of a float32 buffer of the weight's size. Under torch.compile
-    this function is a graph break (it runs eagerly)."""
+
+@torch._dynamo.disable
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                         reduction: str = "mean", ignore_index: Optional[int] = None,
+                         label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
+                         softcap: Optional[float] = None, chunk_size: Optional[int] = None,
+                         accum_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """torch 2.14's ``torch.nn.functional.linear_cross_entropy``, i.e.
+    ``cross_entropy(linear(input, linear_weight, linear_bias), target,
+    weight=weight, ...)`` with the logits reshaped to ``(N, C, d1, ...)`` for
+    a ``(C, d1, ..., H)`` linear weight, without the full logits: tokens go
+    through in chunks (matmul into one reused buffer, then the fused
+    cross-entropy row kernels, which overwrite it with the logits' gradient);
+    each chunk's gradient is folded into the input, linear weight and bias
+    gradients at once (in forward for 'mean' and 'sum'; for 'none', or a
+    probability target that requires grad, backward recomputes each chunk).
+
+    As in torch: ``input`` is ``(H,)`` or ``(N, H)``; ``weight`` is the
+    *class* weight ``(C,)``; ``ignore_index=None`` means -100 and may not be
+    given with a probability target (target of the logits' shape), which gets
+    its gradient when it requires grad; ``options`` (a
+    ``LinearCrossEntropyOptions``) is accepted, and its ``batch_chunk_size``
+    is used when ``chunk_size`` is not given.
+
+    fastact's keyword extras: ``z_loss``, ``softcap`` (as in
+    :func:`fastact.functional.cross_entropy`); ``chunk_size`` (tokens per
+    chunk; default: a buffer of 4 % of the full logits, at least 32 MB);
+    ``accum_dtype``, the dtype grad of the linear weight accumulates in over
+    the chunks: None (default) accumulates in the weight's own dtype (no
+    extra memory; for bf16/fp16 weights one rounding per chunk, as
+    Liger-Kernel does); ``torch.float32`` matches the unfused precision at the
+    cost of a float32 buffer of the weight's size. Under torch.compile this
+    function is a graph break (it runs eagerly)."""
+    op = "fastact.linear_cross_entropy"
+    if input.dim() < 1 or input.dim() > 2:
+        raise ValueError(f"{op}: expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise ValueError(f"{op}: expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}")
+    in_features = input.shape[-1]
+    if in_features != linear_weight.shape[-1]:
+        raise ValueError(f"{op}: expected equal input and linear_weight last dimensions (in_features), got "
+                         f"{in_features} and {linear_weight.shape[-1]}, respectively")
+    classes, out_features = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (classes, *out_features):
+        raise ValueError(f"{op}: expected linear_bias shape {(classes, *out_features)}, got "
+                         f"{tuple(linear_bias.shape)}")
+    batched = input.dim() == 2
+    if out_features and not batched:
+        raise ValueError(f"{op}: K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} "
+                         f"requires batched input, (N, {in_features}), got unbatched input with shape "
+                         f"{tuple(input.shape)}")
+    logits_shape = (*input.shape[:-1], classes, *out_features)
+    if tuple(target.shape) == logits_shape and ignore_index is not None:
+        raise ValueError(f"{op}: ignore_index cannot be specified when target contains probabilities")
+    ignore_index = -100 if ignore_index is None else int(ignore_index)
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"fastact.linear_cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError(f"{op}: {reduction!r} is not a valid value for reduction ('mean', 'sum' or 'none')")
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"fastact.linear_cross_entropy: label_smoothing must be between 0 and 1, got {label_smoothing}")
-    if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
-        raise ValueError(f"fastact.linear_cross_entropy: hidden (..., {hidden.shape[-1]}) and weight "
-                         f"{tuple(weight.shape)} do not match: weight must be (V, H)")
+        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"{op}: softcap must be positive, got {softcap}")
+    prob = target.is_floating_point()
+    n = input.shape[0] if batched else 1
+    d = math.prod(out_features)
+    expected = logits_shape if prob else (*input.shape[:-1], *out_features)
+    if tuple(target.shape) != tuple(expected):
+        raise ValueError(f"{op}: target must have shape {tuple(expected)} (class "
+                         f"{'probabilities' if prob else 'indices'}) for logits of shape {logits_shape}, got "
+                         f"{tuple(target.shape)}")
+    if weight is not None and tuple(weight.shape) != (classes,):
+        raise ValueError(f"{op}: expected weight shape to be {(classes,)}, got {tuple(weight.shape)}")
+    if accum_dtype is not None and accum_dtype not in (torch.float32, torch.float64, linear_weight.dtype):
+        raise ValueError(f"{op}: accum_dtype must be None, float32, float64 or the weight's dtype, got "
+                         f"{accum_dtype}")
+
+    hidden, lin_w, lin_b = input.reshape(n, in_features), linear_weight, linear_bias
     device_type = hidden.device.type
     out_dtype = hidden.dtype
     if torch.is_autocast_enabled(device_type):
@@ -163,30 +249,46 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: O
         # (casts outside the chunk loop, so autograd casts the grads back)
         # and the loss in float32, as autocast runs cross_entropy
         dtype, out_dtype = torch.get_autocast_dtype(device_type), torch.float32
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
-        raise ValueError(f"fastact.linear_cross_entropy: hidden ({hidden.dtype}), weight ({weight.dtype}) and bias "
+        hidden, lin_w = hidden.to(dtype), lin_w.to(dtype)
+        lin_b = lin_b.to(dtype) if lin_b is not None else None
+    if lin_w.dtype != hidden.dtype or (lin_b is not None and lin_b.dtype != hidden.dtype):
+        raise ValueError(f"{op}: input ({hidden.dtype}), linear_weight ({lin_w.dtype}) and linear_bias "
                          f"must have one dtype")
-    lead = hidden.shape[:-1]
-    h = hidden.reshape(-1, hidden.shape[-1])
-    t = target.reshape(-1)
-    if t.shape[0] != h.shape[0]:
-        raise ValueError(f"fastact.linear_cross_entropy: target has {t.shape[0]} rows but hidden has {h.shape[0]}")
-    chunk = _chunk_rows(h.shape[0], weight.shape[0], h.element_size(), chunk_size)
-    if accum_dtype is not None and accum_dtype not in (torch.float32, torch.float64, weight.dtype):
-        raise ValueError(f"fastact.linear_cross_entropy: accum_dtype must be None, float32, float64 or the "
-                         f"weight's dtype, got {accum_dtype}")
-    options = (int(ignore_index), float(label_smoothing), float(z_loss), float(softcap) if softcap else 0.0, chunk,
-               accum_dtype)
+    if out_features:
+        # token n's logits as D rows of C classes: row (n, j) = input[n] @ W[:, j, :].T
+        lin_w = lin_w.movedim(0, -2).reshape(d * classes, in_features)
+        lin_b = lin_b.movedim(0, -1).reshape(d * classes) if lin_b is not None else None
+    if prob:
+        # target rows [N*D, C], as the logits' rows
+        rows_t = (target.movedim(1, -1) if out_features else target).reshape(n * d, classes)
+        if rows_t.dtype != hidden.dtype:
+            rows_t = rows_t.to(hidden.dtype)
+    else:
+        rows_t = target.reshape(n * d)
+
+    if chunk_size is None:
+        chunk_size = _options_chunk(options)
+    chunk = _chunk_rows(n, d * classes, hidden.element_size(), chunk_size)
+    o = _Options(classes, d, ignore_index, float(label_smoothing), float(z_loss),
+                 float(softcap) if softcap else 0.0, chunk, accum_dtype)
+    loss_shape = (*input.shape[:-1], *out_features)
     if reduction == "none":
-        return _LinearCrossEntropy.apply(h, weight, bias, t, None, *options).view(lead).to(out_dtype)
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        loss = _LinearCrossEntropy.apply(hidden, lin_w, lin_b, rows_t, weight, None, o)
+        return loss.view(loss_shape).to(out_dtype)
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     # d(reduced loss)/d(row loss): 1 for sum, 1/count for mean (on the device)
-    row_grad = torch.ones(1, dtype=acc, device=h.device)
+    row_grad = torch.ones(1, dtype=acc, device=hidden.device)
     if reduction == "mean":
-        row_grad = row_grad / (t != ignore_index).sum()
-    loss = _LinearCrossEntropy.apply(h, weight, bias, t, row_grad, *options)
+        if prob:
+            count = float(n * d)
+        else:
+            counted = rows_t != ignore_index
+            if weight is not None:
+                count = (weight.to(acc)[rows_t.clamp(0, classes - 1)] * counted).sum()
+            else:
+                count = counted.sum()
+        row_grad = row_grad / count
+    loss = _LinearCrossEntropy.apply(hidden, lin_w, lin_b, rows_t, weight, row_grad, o)
     # the reduction, written so that its gradient reaching each row is
     # grad_output * row_grad (what the forward folded in)
     total = (loss * row_grad).sum()
@@ -194,9 +296,12 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: O
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Per-row losses of vocabulary-sliced logits. Saves the slice itself (no
-    float32 copy) and the (N,) lse; the target's logit is gathered with a
-    mask, never with nonzero(), so nothing syncs with the host."""
+    """Per-row losses of vocabulary-sliced logits, in float32 (float64 for
+    float64 logits), every term relative to the global row max m (shift
+    invariance, as the row kernels): log s - (z_t - m), with s the all-reduced
+    sum of exp(z - m). Saves the slice itself (no float32 copy), m and log s;
+    the target's logit is gathered with a mask, never with nonzero(), so
+    nothing syncs with the host."""
 
     @staticmethod
     def forward(ctx, logits, target, group, ignore_index, smoothing, z_loss):
@@ -205,38 +310,40 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         n, v_local = logits.shape
         v = v_local * world
-        m = logits.max(1).values.float() if v_local else logits.new_full((n,), float("-inf"), dtype=torch.float32)
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        m = logits.max(1).values.to(acc) if v_local else logits.new_full((n,), float("-inf"), dtype=acc)
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        x = logits.float()  # transient: backward recomputes from the saved logits
-        sum_exp = torch.exp(x - m_safe[:, None]).sum(1)
+        x = logits.to(acc) - m_safe[:, None]  # transient: backward recomputes from the saved logits
+        sum_exp = torch.exp(x).sum(1)
         dist.all_reduce(sum_exp, group=group)
-        lse = m_safe + torch.log(sum_exp)
+        log_s = torch.log(sum_exp)
         local_t = target - rank * v_local
         mine = (local_t >= 0) & (local_t < v_local) & (target != ignore_index)
         idx = torch.where(mine, local_t, torch.zeros_like(local_t))
-        picked = logits.gather(1, idx[:, None]).squeeze(1).float() if v_local else m.new_zeros(n)
-        z_t = torch.where(mine, picked, torch.zeros_like(picked))
+        picked = x.gather(1, idx[:, None]).squeeze(1) if v_local else m.new_zeros(n)
+        z_t = torch.where(mine, picked, torch.zeros_like(picked))  # z_t - m
         dist.all_reduce(z_t, group=group)
-        sum_z = x.sum(1)
+        sum_z = x.sum(1)  # sum_c (z_c - m)
         del x
         dist.all_reduce(sum_z, group=group)
         counted = target != ignore_index
-        loss = (1 - smoothing) * (lse - z_t) + smoothing * (lse - sum_z / v) + z_loss * lse * lse
+        lse = m_safe + log_s
+        loss = (1 - smoothing) * (log_s - z_t) + smoothing * (log_s - sum_z / v) + z_loss * lse * lse
         loss = torch.where(counted, loss, torch.zeros_like(loss))
-        ctx.save_for_backward(logits, lse, idx, mine, counted)
+        ctx.save_for_backward(logits, m_safe, log_s, idx, mine, counted)
         ctx.options = (v, smoothing, z_loss)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        logits, lse, idx, mine, counted = ctx.saved_tensors
+        logits, m, log_s, idx, mine, counted = ctx.saved_tensors
         v, smoothing, z_loss = ctx.options
-        p = torch.exp(logits.float() - lse[:, None])
-        d = p * (1 + 2 * z_loss * lse[:, None]) - smoothing / v
+        p = torch.exp((logits.to(m.dtype) - m[:, None]) - log_s[:, None])
+        d = p * (1 + 2 * z_loss * (m + log_s)[:, None]) - smoothing / v
         if d.shape[1]:
             d.scatter_add_(1, idx[:, None], (-(1 - smoothing) * mine.to(d.dtype))[:, None])
-        d = d * (grad_loss * counted)[:, None]
+        d = d * (grad_loss.to(d.dtype) * counted)[:, None]
         return d.to(logits.dtype), None, None, None, None, None
 
 

@@ -6,12 +6,14 @@ twin's: a state dict loads both ways. ``patch(model)`` swaps twins in place.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import torch
 from torch import Tensor
 
 from . import functional as F
+from .errors import FastactValueError
 
 __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
@@ -227,19 +229,75 @@ class MSELoss(torch.nn.MSELoss):
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
-class LinearCrossEntropyLoss(torch.nn.Module):
-    """``linear_cross_entropy`` as a module: ``forward(hidden, weight, target, bias=None)``."""
+_TorchLinearCrossEntropyLoss = getattr(torch.nn, "LinearCrossEntropyLoss", None)  # torch >= 2.14
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 z_loss: float = 0.0, softcap=None, chunk_size=None, accum_dtype=None) -> None:
-        super().__init__()
-        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+
+class _LinearCrossEntropyForward:
+    """forward and the fastact extras of LinearCrossEntropyLoss, on top of
+    torch's module (torch >= 2.14) or of its twin below (older torch)."""
+
+    def _set_extras(self, z_loss, softcap, chunk_size, accum_dtype):
         self.z_loss, self.softcap, self.chunk_size, self.accum_dtype = z_loss, softcap, chunk_size, accum_dtype
 
-    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias=None) -> Tensor:
-        return F.linear_cross_entropy(hidden, weight, target, bias, self.ignore_index, self.reduction,
-                                      self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
-                                      chunk_size=self.chunk_size, accum_dtype=self.accum_dtype)
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
+        linear_bias = (self.linear.bias.reshape((self.num_classes, *self.out_features))
+                       if self.linear.bias is not None else None)
+        return F.linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options,
+            z_loss=getattr(self, "z_loss", 0.0), softcap=getattr(self, "softcap", None),
+            chunk_size=getattr(self, "chunk_size", None), accum_dtype=getattr(self, "accum_dtype", None))
+
+
+if _TorchLinearCrossEntropyLoss is not None:
+
+    class LinearCrossEntropyLoss(_LinearCrossEntropyForward, _TorchLinearCrossEntropyLoss):
+        """torch.nn.LinearCrossEntropyLoss (it owns ``linear``, a ``Linear(in_features,
+        num_classes * prod(out_features))``) on the fused chunked kernel, with the
+        extras of fastact.functional.linear_cross_entropy."""
+
+        def __init__(self, in_features: int, num_classes: int, *, out_features: tuple = (), bias: bool = False,
+                     device=None, dtype=None, reduction: str = "mean", weight=None, ignore_index=None,
+                     label_smoothing: float = 0.0, options=None, z_loss: float = 0.0, softcap=None,
+                     chunk_size=None, accum_dtype=None) -> None:
+            super().__init__(in_features, num_classes, out_features=tuple(out_features), bias=bias, device=device,
+                             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, options=options)
+            self._set_extras(z_loss, softcap, chunk_size, accum_dtype)
+
+else:
+
+    class LinearCrossEntropyLoss(_LinearCrossEntropyForward, torch.nn.modules.loss._WeightedLoss):
+        """torch 2.14's nn.LinearCrossEntropyLoss for older torch: constructed,
+        named (``linear``, ``weight``) and computed the same way."""
+
+        def __init__(self, in_features: int, num_classes: int, *, out_features: tuple = (), bias: bool = False,
+                     device=None, dtype=None, reduction: str = "mean", weight=None, ignore_index=None,
+                     label_smoothing: float = 0.0, options=None, z_loss: float = 0.0, softcap=None,
+                     chunk_size=None, accum_dtype=None) -> None:
+            if weight is not None and tuple(weight.shape) != (num_classes,):
+                raise FastactValueError(f"fastact.nn.LinearCrossEntropyLoss: expected weight shape to be "
+                                        f"{(num_classes,)}, got {tuple(weight.shape)}")
+            if not 0.0 <= label_smoothing <= 1.0:
+                raise FastactValueError(f"fastact.nn.LinearCrossEntropyLoss: expected label_smoothing to be in "
+                                        f"range [0, 1], got {label_smoothing}")
+            super().__init__(weight=weight, size_average=None, reduce=None, reduction=reduction)
+            self.num_classes = num_classes
+            self.out_features = tuple(out_features)
+            self.ignore_index = ignore_index
+            self.label_smoothing = label_smoothing
+            # stored flat, as torch does: forward reshapes it to (C, *out_features, in_features)
+            self.linear = torch.nn.Linear(in_features, math.prod(self.out_features) * num_classes, bias=bias,
+                                          device=device, dtype=dtype)
+            self.options = options
+            self._set_extras(z_loss, softcap, chunk_size, accum_dtype)
+
+        def extra_repr(self) -> str:
+            return (f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+                    f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
+                    f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
+                    f"label_smoothing={self.label_smoothing}, options={self.options}")
 
 
 def _twins() -> dict:
@@ -247,8 +305,8 @@ def _twins() -> dict:
     twins = {}
     for obj in globals().values():
         if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__ == __name__:
-            base = obj.__bases__[0]
-            if base is not torch.nn.Module and base.__module__.startswith("torch.nn"):
+            base = obj.__bases__[-1]
+            if base.__name__ == obj.__name__ and base.__module__.startswith("torch.nn"):
                 twins[base] = obj
     return twins
 

@@ -8,7 +8,12 @@
 //   index target t:  (1-eps) w_t (lse - z_t) + eps/C sum_c w_c (lse - z_c)
 //   prob. target y:  sum_c w_c y'_c (lse - z_c),  y' = (1-eps) y + eps/C
 // plus z_loss * lse^2, and 0 for an ignored row. w is the class weight (1 if
-// absent). The reductions (mean over the weights of counted rows, sum, none)
+// absent). Shift invariance: every term is formed relative to the row max m,
+// lse - z_c = log s - (z_c - m) with s = sum_c exp(z_c - m), never as the
+// difference of two large numbers (a row near -1e4 in float32 would lose the
+// ulp of 1e4, ~1e-3). The per-row lse output is float64 for every input dtype
+// (m + log s in double), so that backward, which reads only that lse, forms
+// z_c - lse exactly too (split_lse). The reductions (mean over the weights of counted rows, sum, none)
 // are torch ops on the [N] row losses, so their gradient reaches the backward
 // kernel as the per-row `grad` and nothing syncs with the host.
 //
@@ -36,17 +41,32 @@ FA_HD A ce_cap(A x, A cap) {
 }
 
 // The loss of a row with class-probability targets, sum_c w_c y'_c (lse - z_c)
-// = wy lse - wz; a row without target mass (no classes at all: lse = -inf)
-// loses 0, as torch's sum over no terms.
+// = wy log_s - wz (wz relative to the row max); a row without target mass
+// (no classes at all: log_s = -inf) loses 0, as torch's sum over no terms.
 template <class A>
-FA_HD A ce_prob_loss(A wy, A wz, A lse) {
-  return (wy == A(0) ? A(0) : wy * lse) - wz;
+FA_HD A ce_prob_loss(A wy, A wz, A log_s) {
+  return (wy == A(0) ? A(0) : wy * log_s) - wz;
 }
 
 // z_loss * lse^2, and nothing when z_loss is 0 (lse may be -inf: no 0 * inf).
 template <class A>
 FA_HD A ce_z_loss(A z_loss, A lse) {
   return z_loss == A(0) ? A(0) : z_loss * lse * lse;
+}
+
+// The float64 row lse as hi + lo in the opmath type A; backward computes
+// p_c = exp((z_c - hi) - lo): z_c - hi is exact for the z_c that matter
+// (close to hi), so p_c is as accurate as for a row near 0. lo = 0 for a
+// non-finite lse (its p_c are NaN, 0 or 1 as before).
+template <class A>
+struct LseSplit {
+  A hi, lo;
+};
+template <class A>
+FA_HD LseSplit<A> split_lse(double lse) {
+  const A hi = static_cast<A>(lse);
+  const bool finite = lse - lse == 0.0;  // false for +-inf and NaN
+  return {hi, finite ? static_cast<A>(lse - static_cast<double>(hi)) : A(0)};
 }
 
 // Running (max, sum of exp(z - max)) pair, merged one value or one pair at a
