@@ -28,11 +28,13 @@ namespace {
 constexpr int kThreads = kRowThreads;
 
 // One block's share of a row: the online pair (NaN-faithful: a NaN logit
-// leaves s NaN through every merge), sum_c w_c z_c (or, for probability
-// targets, sum_c w_c y'_c z_c) and sum_c w_c y'_c.
+// leaves s NaN through every merge), the weighted sum wz = sum_c o_c (z_c - ref)
+// relative to ref = ce_ref(m) and the weight sum o = sum_c o_c, with o_c = w_c
+// (label smoothing) or w_c y'_c (probability targets). Relative terms keep the
+// loss exact under a shift of the row (see cross_entropy_ops.h).
 template <class A>
 struct CePartial {
-  A m, s, wz, wy;
+  A m, s, wz, o;
 };
 
 template <class A>
@@ -40,16 +42,33 @@ __device__ __forceinline__ A weight_of(const A* w, int64_t c FA_SITE) {
   return w ? gload(w + c FA_SITE_ARG) : A(1);
 }
 
+// The reference the weighted sums are relative to: the running max while it
+// is finite (a leading -inf or a NaN leaves it at 0).
+template <class A>
+__device__ __forceinline__ A ce_ref(A m) {
+  return m - m == A(0) ? m : A(0);
+}
+
+// wz relative to ref(m_from), moved to ref(m_to): wz - (ref_to - ref_from) o.
+template <class A>
+__device__ __forceinline__ A rebase(A wz, A o, A m_from, A m_to) {
+  return o == A(0) ? wz : wz - (ce_ref(m_to) - ce_ref(m_from)) * o;
+}
+
 template <class S, class A>
 __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyParams& p, int64_t r,
-                           const OnlineLse<A>& pair, A wz, A wy, A* loss, A* lse_out) {
+                           const OnlineLse<A>& pair, A wz, A o, A* loss, double* lse_out) {
   const int64_t C = p.classes;
-  const A lse = pair.value();
+  // lse = m + log s in float64 (what backward reads); the loss from log s
+  // and logits relative to m
+  const double lse = pair.m == -INFINITY ? static_cast<double>(pair.m + pair.s)
+                                         : static_cast<double>(pair.m) + ::log(static_cast<double>(pair.s));
   gstore(lse_out + r, lse);
+  const A log_s = ::fastact::math::log(pair.s);
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A l;
   if (in.y) {
-    l = ce_prob_loss(wy, wz, lse);
+    l = ce_prob_loss(o, wz, log_s);
   } else {
     const int64_t t = gload(in.tgt + r);
     if (t == p.ignore_index) {
@@ -57,12 +76,12 @@ __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyPara
       return;
     }
     FA_DEVICE_ASSERT(t >= 0 && t < C, "fastact.cross_entropy: target out of bounds");
-    const A z_t = ce_cap(static_cast<A>(gload(in.x + r * C + t)), A(p.softcap));
+    const A z_t = ce_cap(static_cast<A>(gload(in.x + r * C + t)), A(p.softcap)) - ce_ref(pair.m);
     const A w_t = weight_of(in.w, t);
     const A W = in.W ? gload(in.W) : static_cast<A>(C);
-    l = keep * w_t * (lse - z_t) + spread * (W * lse - wz);
+    l = keep * w_t * (log_s - z_t) + spread * (W * log_s - wz);
   }
-  gstore(loss + r, l + ce_z_loss(A(p.z_loss), lse));
+  gstore(loss + r, l + ce_z_loss(A(p.z_loss), static_cast<A>(lse)));
 }
 
 // grid (rows, splits): block (r, k) folds columns [k*span, (k+1)*span) of row
@@ -70,43 +89,55 @@ __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyPara
 template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
     ce_forward_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span, A* loss,
-                      A* lse_out, CePartial<A>* partial) {
+                      double* lse_out, CePartial<A>* partial) {
   const int64_t r = blockIdx.x, C = p.classes;
   const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
   const S* xr = in.x + r * C;
   const S* yr = in.y ? in.y + r * C : nullptr;
   const A cap = p.softcap;
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+  const bool weighted_sum = yr || p.smoothing > 0;
   OnlineLse<A> pair;
-  A wz = 0, wy = 0;
+  A wz = 0, o = 0;
   for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
     A z[N];
 #pragma unroll
     for (int j = 0; j < N; ++j) z[j] = ce_cap(static_cast<A>(xv.v[j]), cap);
+    const A m_before = pair.m;
     pair.add_all(z);  // one rescale per vector
+    if (!weighted_sum) return;
+    wz = rebase(wz, o, m_before, pair.m);
+    const A ref = ce_ref(pair.m);
     if (yr) {
       const VecOf<S, N> yv = load_vec<N>(yr + c);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const A wy_j = weight_of(in.w, c + j) * (keep * static_cast<A>(yv.v[j]) + spread);
-        wy += wy_j;
-        wz += wy_j * z[j];
+        const A o_j = weight_of(in.w, c + j) * (keep * static_cast<A>(yv.v[j]) + spread);
+        o += o_j;
+        wz += o_j * (z[j] - ref);
       }
-    } else if (p.smoothing > 0) {
+    } else {
 #pragma unroll
-      for (int j = 0; j < N; ++j) wz += weight_of(in.w, c + j) * z[j];
+      for (int j = 0; j < N; ++j) {
+        const A o_j = weight_of(in.w, c + j);
+        o += o_j;
+        wz += o_j * (z[j] - ref);
+      }
     }
   });
   const OnlineLse<A> row = block_lse(pair);
-  const A row_wz = block_sum(wz);
-  const A row_wy = yr ? block_sum(wy) : A(0);
+  A row_wz = 0, row_o = 0;
+  if (weighted_sum) {  // every thread's sum moved to the block's max, then added
+    row_wz = block_sum(rebase(wz, o, pair.m, row.m));
+    row_o = block_sum(o);
+  }
   if (threadIdx.x != 0) return;
   if (gridDim.y == 1) {
-    finish_row(in, p, r, row, row_wz, row_wy, loss, lse_out);
+    finish_row(in, p, r, row, row_wz, row_o, loss, lse_out);
   } else {
-    gstore(partial + r * gridDim.y + blockIdx.y, CePartial<A>{row.m, row.s, row_wz, row_wy});
+    gstore(partial + r * gridDim.y + blockIdx.y, CePartial<A>{row.m, row.s, row_wz, row_o});
   }
 }
 
@@ -114,27 +145,31 @@ __global__ void __launch_bounds__(kThreads)
 template <class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(128)
     ce_merge_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int splits,
-                    const CePartial<A>* partial, A* loss, A* lse_out) {
+                    const CePartial<A>* partial, A* loss, double* lse_out) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= p.rows) return;
   OnlineLse<A> pair;
-  A wz = 0, wy = 0;
   for (int k = 0; k < splits; ++k) {
     const CePartial<A> q = gload(partial + r * splits + k);
     pair.merge(OnlineLse<A>{q.m, q.s});
-    wz += q.wz;
-    wy += q.wy;
   }
-  finish_row(in, p, r, pair, wz, wy, loss, lse_out);
+  A wz = 0, o = 0;
+  for (int k = 0; k < splits; ++k) {
+    const CePartial<A> q = gload(partial + r * splits + k);
+    wz += rebase(q.wz, q.o, q.m, pair.m);
+    o += q.o;
+  }
+  finish_row(in, p, r, pair, wz, o, loss, lse_out);
 }
 
 // Class-index targets: grid (rows, spans), dx may be in.x itself.
-//   dz_c = a p_c - b w_c - [c == t] tt,  p_c = exp(z_c - lse)
+//   dz_c = a p_c - b w_c - [c == t] tt,  p_c = exp((z_c - hi) - lo)
+// (hi + lo: the float64 lse, split_lse: exact under a shift of the row)
 // with a = g (keep w_t + spread W + 2 z_loss lse), b = g spread, tt = g keep w_t.
 template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
     ce_backward_index_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span,
-                             const A* grad, const A* lse, S* dx) {
+                             const A* grad, const double* lse, S* dx) {
   const int64_t r = blockIdx.x, C = p.classes;
   const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
   const S* xr = in.x + r * C;
@@ -153,10 +188,11 @@ __global__ void __launch_bounds__(kThreads)
   FA_DEVICE_ASSERT(t >= 0 && t < C, "fastact.cross_entropy: target out of bounds");
   const A cap = p.softcap;
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
-  const A g = gload(grad + r), l = gload(lse + r);
+  const A g = gload(grad + r);
+  const LseSplit<A> l = split_lse<A>(gload(lse + r));
   const A w_t = weight_of(in.w, t);
   const A W = in.W ? gload(in.W) : static_cast<A>(C);
-  const A a = g * (keep * w_t + spread * W + A(2) * A(p.z_loss) * l);
+  const A a = g * (keep * w_t + spread * W + A(2) * A(p.z_loss) * l.hi);
   const A b = g * spread, tt = g * keep * w_t;
   for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
@@ -165,7 +201,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const A z = ce_cap(static_cast<A>(xv.v[j]), cap);
-      A dz = a * ::fastact::math::exp(z - l) - b * weight_of(in.w, c + j);
+      A dz = a * ::fastact::math::exp((z - l.hi) - l.lo) - b * weight_of(in.w, c + j);
       if (c + j == t) dz -= tt;
       if (cap > A(0)) dz *= A(1) - (z / cap) * (z / cap);
       out.v[j] = static_cast<S>(dz);
@@ -179,7 +215,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
     ce_backward_prob_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, const A* grad,
-                            const A* lse, S* dx) {
+                            const double* lse, S* dx) {
   const int64_t r = blockIdx.x, C = p.classes;
   const S* xr = in.x + r * C;
   const S* yr = in.y + r * C;
@@ -194,8 +230,9 @@ __global__ void __launch_bounds__(kThreads)
   });
   const A sum_wy = block_sum(part);
   const A cap = p.softcap;
-  const A g = gload(grad + r), l = gload(lse + r);
-  const A coef = sum_wy + A(2) * A(p.z_loss) * l;
+  const A g = gload(grad + r);
+  const LseSplit<A> l = split_lse<A>(gload(lse + r));
+  const A coef = sum_wy + A(2) * A(p.z_loss) * l.hi;
   for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
@@ -205,7 +242,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < N; ++j) {
       const A z = ce_cap(static_cast<A>(xv.v[j]), cap);
       const A y = keep * static_cast<A>(yv.v[j]) + spread;
-      A dz = g * (coef * ::fastact::math::exp(z - l) - weight_of(in.w, c + j) * y);
+      A dz = g * (coef * ::fastact::math::exp((z - l.hi) - l.lo) - weight_of(in.w, c + j) * y);
       if (cap > A(0)) dz *= A(1) - (z / cap) * (z / cap);
       out.v[j] = static_cast<S>(dz);
     }
@@ -238,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
   const CrossEntropyParams& p = a.p;
   const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor loss = at::empty({p.rows}, a.logits.options().dtype(acc));
-  at::Tensor lse = at::empty({p.rows}, a.logits.options().dtype(acc));
+  at::Tensor lse = at::empty({p.rows}, a.logits.options().dtype(at::kDouble));
   if (p.rows == 0) return {loss, lse};
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -259,7 +296,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
     const Dim grid(p.rows, splits);
     const Stream stream = current_stream();
     A* loss_ptr = loss.mutable_data_ptr<A>();
-    A* lse_ptr = lse.mutable_data_ptr<A>();
+    double* lse_ptr = lse.mutable_data_ptr<double>();
     if (vec) {
       FA_LAUNCH(grid, kThreads, 0, stream, ce_forward_kernel<kVec, scalar_t>)(in, p, span, loss_ptr, lse_ptr, part_ptr);
     } else {
@@ -279,7 +316,7 @@ void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::
   if (p.rows == 0 || p.classes == 0) return;
   const auto acc = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor g = grad.to(acc).contiguous();
-  const at::Tensor l = lse.to(acc).contiguous();
+  const at::Tensor l = lse.to(at::kDouble).contiguous();
   FA_DISPATCH_FLOATING(a.logits.scalar_type(), "fastact.cross_entropy", [&] {
     using A = at::opmath_type<scalar_t>;
     constexpr int kVec = 16 / sizeof(scalar_t);
@@ -289,7 +326,7 @@ void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::
     const bool vec = same_alignment(in.x, in.y, dx);
     const Stream stream = current_stream();
     const A* gp = g.const_data_ptr<A>();
-    const A* lp = l.const_data_ptr<A>();
+    const double* lp = l.const_data_ptr<double>();
     if (p.prob_target) {
       if (vec) {
         FA_LAUNCH(p.rows, kThreads, 0, stream, ce_backward_prob_kernel<kVec, scalar_t>)(in, p, gp, lp, dx);
