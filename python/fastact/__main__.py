@@ -1,7 +1,7 @@
 """``python -m fastact``: print build_info() and run the self-check; exit 1 on a mismatch.
 
-``python -m fastact --kernels`` prints the CUDA kernels' resource table
-(registers, spills, shared memory, occupancy) that the CUDA build wrote.
+``python -m fastact --kernels [--all]`` prints the CUDA kernels' resource
+table (registers, spills, shared memory, occupancy) that the CUDA build wrote.
 """
 import json
 import os
@@ -11,23 +11,37 @@ import fastact
 from fastact import selfcheck
 
 
-def kernels() -> int:
+def kernels(every: bool = False) -> int:
+    """The resource table: per kernel and architecture, over its template
+    instantiations (op, dtype, vector width), the register range, the most
+    spilled bytes, static shared memory and the lowest theoretical occupancy
+    at its block size; with --all, every instantiation."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_resources.json")
     if not os.path.exists(path):
-        print("no kernel resource table: it is written by a CUDA build (python tools/kernel_resources.py)")
+        print("no kernel resource table: a CUDA build writes it (python tools/kernel_resources.py)")
         return 1
     with open(path) as f:
         rows = json.load(f)
-    print(f"{'kernel':64s} {'arch':6s} {'regs':>4s} {'spill st/ld':>11s} {'smem':>5s} {'block':>5s} {'occupancy':>9s}")
-    for r in rows:
-        print(f"{r['kernel'][:64]:64s} {r['arch']:6s} {r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} "
-              f"{r['shared']:5d} {r['threads']:5d} {r['occupancy']:9.0%}")
+    if every:
+        groups = {(r["kernel"], r["arch"]): [r] for r in rows}
+    else:
+        groups = {}
+        for r in rows:
+            groups.setdefault((r["kernel"].split("<")[0], r["arch"]), []).append(r)
+    print(f"{'kernel':56s} {'arch':6s} {'builds':>6s} {'registers':>9s} {'spills':>6s} {'smem':>5s} "
+          f"{'block':>5s} {'occupancy':>9s}")
+    for (name, arch), rs in sorted(groups.items()):
+        regs = sorted(r["registers"] for r in rs)
+        reg = f"{regs[0]}" if regs[0] == regs[-1] else f"{regs[0]}-{regs[-1]}"
+        spill = max(r["spill_stores"] + r["spill_loads"] for r in rs)
+        print(f"{name[:56]:56s} {arch:6s} {len(rs):6d} {reg:>9s} {spill:6d} {max(r['shared'] for r in rs):5d} "
+              f"{rs[0]['threads']:5d} {min(r['occupancy'] for r in rs):9.0%}")
     return 0
 
 
 def main() -> int:
     if "--kernels" in sys.argv[1:]:
-        return kernels()
+        return kernels(every="--all" in sys.argv[1:])
     print("fastact build info:")
     print(json.dumps(fastact.build_info(), indent=2))
     print("self-check (every op, forward and backward, against torch):")
