@@ -58,8 +58,10 @@ def ulp(x, dtype: torch.dtype):
 def sum_error(dtype: torch.dtype, n: int, magnitude, term_eps: float = TERM_EPS):
     """Bound on |computed - exact| of a sum of ``n`` terms computed in ``dtype``
     (each with a few roundings of its own), where ``magnitude`` (a float or a
-    float64 tensor) is the sum of the terms' absolute values."""
-    return eps(dtype) * (SUM_EPS * math.sqrt(max(n, 1)) + term_eps) * magnitude
+    float64 tensor) is the sum of the terms' absolute values. ``n`` may be
+    a tensor of lengths."""
+    root = n.clamp_min(1).double().sqrt() if isinstance(n, torch.Tensor) else math.sqrt(max(n, 1))
+    return eps(dtype) * (SUM_EPS * root + term_eps) * magnitude
 
 
 def within(name: str, ours: torch.Tensor, ref64: torch.Tensor, bound) -> Optional[str]:
@@ -171,43 +173,59 @@ def softmax_error(x: torch.Tensor, dim: int, dtype: torch.dtype, logit_err=0.0):
 
 
 def cross_entropy_error(x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, weight=None,
-                        label_smoothing: float = 0.0, ignore_index: int = -100, logit_err=0.0):
-    """Bounds on the error of a ``dtype`` computation of the mean cross-entropy
-    of logits ``x`` (N, V) with class-index targets, and of its gradient (for
-    a loss gradient of 1): (loss_bound, grad_bound (N, V)), both float64.
+                        label_smoothing: float = 0.0, ignore_index: int = -100, logit_err=0.0,
+                        reduction: str = "mean", grad_out=1.0):
+    """Bounds on the error of a ``dtype`` computation of the cross-entropy of
+    logits ``x`` (N, V) with class-index (N,) or probability (N, V) targets,
+    and of its gradient for the loss gradient ``grad_out`` (a float, or (N,)
+    for reduction "none"): (loss_bound, grad_bound (N, V)), both float64.
 
-    Per row i with target t, weight w (ones when None), smoothing s, the
-    loss is (1 - s) w_t (-log p_it) + (s / V) sum_j w_j (-log p_ij), divided
-    by W = sum of w_t over counted rows; its gradient is
-    [(1 - s) w_t (p_ij - [j = t]) + (s / V) (p_ij sum_k w_k - w_j)] / W. The
-    bounds carry softmax_error's errors of p and log p through these
-    formulas, add sum_error for the sums over j (V terms) and over rows (N
-    terms, also in W), and a few roundings of each result."""
+    With y the (smoothed) target distribution of row i and w the class
+    weights (ones when None), the row loss is sum_j w_j y_ij (-log p_ij) and
+    its gradient p_ij a_i - w_j y_ij, a_i = sum_k w_k y_ik. "mean" divides by
+    W = sum of the targets' weights over counted rows (index targets) or by
+    N (probabilities). The bounds carry softmax_error's errors of p and
+    log p through these formulas, add sum_error for the sums over j (V
+    terms) and over rows (N terms, also in W), and a few roundings of each
+    result."""
     x = x.double()
     n_rows, v = x.shape
     e = eps(dtype)
     w = torch.ones(v, dtype=torch.float64, device=x.device) if weight is None else weight.double()
     p, logp, logp_err, p_relerr = softmax_error(x, 1, dtype, logit_err)
-    counted = target != ignore_index
-    t = torch.where(counted, target, torch.zeros_like(target))
-    wt = w[t] * counted
-    W = wt.sum()
     s = label_smoothing
-    rows = torch.arange(n_rows, device=x.device)
-    nll_mag = (1 - s) * wt * logp[rows, t].abs()
-    smooth_mag = (s / v) * (w * logp.abs()).sum(1)
-    row_err = (1 - s) * wt * logp_err[rows, t] + \
-        (s / v) * ((w * logp_err).sum(1) + sum_error(dtype, v, (w * logp.abs()).sum(1))) + \
-        e * TERM_EPS * (nll_mag + smooth_mag)
-    row_err = row_err * counted
-    mag = ((nll_mag + smooth_mag) * counted).sum()
-    loss_bound = (row_err.sum() + sum_error(dtype, n_rows, mag) + e * SUM_EPS * math.sqrt(n_rows) * mag) / W
-    sw = w.sum()
-    onehot = torch.zeros_like(x)
-    onehot[rows, t] = 1.0
-    coef = (1 - s) * wt[:, None] + (s / v) * sw
-    grad_mag = (1 - s) * wt[:, None] * (p + onehot) + (s / v) * (p * sw + w)
-    grad_bound = (coef * p * p_relerr + (s / v) * p * sum_error(dtype, v, sw, 0.0) + e * TERM_EPS * grad_mag)
-    grad_bound = grad_bound * counted[:, None] / W
-    grad_bound = grad_bound + e * SUM_EPS * math.sqrt(n_rows) * grad_mag * counted[:, None] / W  # W's own error
+    if target.dim() == 2:  # probabilities
+        counted = torch.ones(n_rows, dtype=torch.bool, device=x.device)
+        y = (1 - s) * target.double() + s / v
+        W = torch.tensor(float(n_rows), dtype=torch.float64)
+    else:
+        counted = target != ignore_index
+        t = torch.where(counted, target, torch.zeros_like(target))
+        y = torch.full_like(x, s / v)
+        y[torch.arange(n_rows, device=x.device), t] += 1 - s
+        y = y * counted[:, None]
+        W = (w[t] * counted).sum()
+    finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
+    wy = w * y
+    row_mag = (wy * finite_logp.abs()).sum(1)
+    row_err = (wy * logp_err).sum(1) + sum_error(dtype, (wy != 0).sum(1), row_mag)
+    if reduction == "none":
+        g = torch.as_tensor(grad_out, dtype=torch.float64, device=x.device).expand(n_rows)
+        loss_bound = row_err
+        scale, w_err = g.abs(), 0.0
+    else:
+        total = row_err.sum() + sum_error(dtype, n_rows, row_mag.sum())
+        scale = torch.full((n_rows,), abs(float(grad_out)), dtype=torch.float64, device=x.device)
+        w_err = 0.0
+        if reduction == "mean":
+            w_err = e * SUM_EPS * math.sqrt(n_rows)  # relative error of W, a sum of N positive terms
+            total = total / W + w_err * row_mag.sum() / W
+            scale = scale / W
+        loss_bound = total
+    a = wy.sum(1, keepdim=True)
+    # a_i: 1 - s + s = 1 for index targets without weights; else a sum of V terms
+    a_relerr = 0.0 if weight is None and target.dim() == 1 else sum_error(dtype, v, 1.0, 0.0)
+    grad_mag = p * a + wy
+    grad_bound = a * p * (p_relerr + a_relerr) + e * TERM_EPS * grad_mag
+    grad_bound = (grad_bound + w_err * grad_mag) * scale[:, None] * counted[:, None]
     return loss_bound, grad_bound
