@@ -207,8 +207,14 @@ def cross_entropy_error(x: torch.Tensor, target: torch.Tensor, dtype: torch.dtyp
         W = (w[t] * counted).sum()
     finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
     wy = w * y
-    row_mag = (wy * finite_logp.abs()).sum(1)
-    row_err = (wy * logp_err).sum(1) + sum_error(dtype, (wy != 0).sum(1), row_mag)
+    terms = wy * finite_logp.abs()
+    row_mag = terms.sum(1)
+    # the sum over classes: for index targets (1 - s) w_t (-log p_it) is one
+    # term added to the smoothing sum (s / V) sum_j w_j (-log p_ij), as torch
+    # and fastact compute it; probability targets sum all V terms
+    summed = terms if target.dim() == 2 else (s / v) * w * finite_logp.abs() * counted[:, None]
+    row_err = (wy * logp_err).sum(1) + sum_error(dtype, (summed != 0).sum(1), summed.sum(1)) + \
+        e * TERM_EPS * row_mag
     if reduction == "none":
         g = torch.as_tensor(grad_out, dtype=torch.float64, device=x.device).expand(n_rows)
         loss_bound = row_err
