@@ -125,6 +125,7 @@ class Row:
     peak_mb: Optional[float] = None
     speedup_vs_eager: Optional[float] = None
     extra: dict = field(default_factory=dict)
+    family: str = ""   # "activations", "glu", "dropout", "losses", "linear_ce" (set by run.py)
 
 
 def peak_memory_mb(device: str, fn: Callable[[], object]) -> Optional[float]:
@@ -160,6 +161,73 @@ def write_results(rows: list[Row], ctx: dict, out_dir: Optional[str] = None) -> 
     return out_dir
 
 
+def family_of(op: str) -> str:
+    """The family of a row's op name, for results written before rows carried
+    one ("gelu['tanh']" -> "activations", "cross_entropy[V=32000]" -> "losses")."""
+    from fastact.ops import ACTIVATIONS, GLUS
+
+    base = op.split("[", 1)[0]
+    if base in ACTIVATIONS or base == "prelu":
+        return "activations"
+    if base in GLUS:
+        return "glu"
+    if "dropout" in base:
+        return "dropout"
+    if base in ("linear_cross_entropy", "vocab_parallel_cross_entropy"):
+        return "linear_ce"
+    return "losses"
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """One line per family and dtype on the forward+backward timings: how many
+    of its cases (op and shape) fastact runs faster than eager and than
+    torch.compile, and the slower ones with their speed ratios (baseline time /
+    fastact time: below 1x is slower). A case counts against a baseline only
+    where that baseline was timed."""
+    order: list[tuple[str, str]] = []
+    cases: dict[tuple[str, str], dict[tuple[str, str], dict[str, float]]] = {}
+    for r in rows:
+        if r.case != "fwd+bwd":
+            continue
+        key = (r.family or family_of(r.op), r.dtype)
+        if key not in cases:
+            order.append(key)
+            cases[key] = {}
+        cases[key].setdefault((r.op, r.shape), {})[r.impl] = r.ms
+    lines = []
+    for family, dtype in order:
+        group = cases[(family, dtype)]
+        shapes_per_op: dict[str, int] = {}
+        for op, _ in group:
+            shapes_per_op[op] = shapes_per_op.get(op, 0) + 1
+        counts, slower = [], []
+        for base, label in (("eager", "eager"), ("compile", "torch.compile")):
+            timed = [(k, t[base] / t["fastact"]) for k, t in group.items() if "fastact" in t and base in t]
+            if timed:
+                counts.append(f"{sum(s > 1 for _, s in timed)}/{len(timed)} faster than {label}")
+            for (op, shape), s in timed:
+                if s <= 1:
+                    name = op if shapes_per_op[op] == 1 else f"{op} {shape}"
+                    slower.append((name, s, label))
+        if not counts:
+            continue
+        line = f"{family} {dtype}: " + ", ".join(counts)
+        if slower:
+            by_op: dict[str, list[str]] = {}
+            for name, s, label in slower:
+                by_op.setdefault(name, []).append(f"{s:.2f}x {label}")
+            line += "; slower: " + ", ".join(f"{n} ({', '.join(v)})" for n, v in by_op.items())
+        lines.append(line)
+    return lines
+
+
+def read_results(path: str) -> tuple[list[Row], dict]:
+    """The rows and context of a results.json written by write_results."""
+    with open(path) as f:
+        data = json.load(f)
+    return [Row(**r) for r in data["rows"]], data["context"]
+
+
 def markdown_table(rows: list[Row], ctx: dict) -> str:
     lines = [
         f"Device: {ctx['device_name']} · torch {ctx['torch']} (CUDA {ctx['cuda']}) · "
@@ -167,6 +235,10 @@ def markdown_table(rows: list[Row], ctx: dict) -> str:
         f"Copy bandwidth measured in this run: {ctx.get('copy_gbps', 0):.1f} GB/s",
         "Baselines: " + ", ".join(f"{k} {'yes' if ok else 'no (not importable or disabled)'}"
                                   for k, ok in ctx.get("baselines", {}).items()),
+        "",
+        "Verdict (forward+backward, median time):",
+        "",
+        *(f"- {v}" for v in verdicts(rows)),
         "",
         "| op | case | dtype | shape | impl | ms | GB/s | % copy | peak MB | vs eager |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|",

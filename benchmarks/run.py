@@ -16,7 +16,8 @@ import bench_dropout  # noqa: E402
 import bench_glu  # noqa: E402
 import bench_linear_ce  # noqa: E402
 import bench_losses  # noqa: E402
-from harness import Timer, context, copy_bandwidth, markdown_table, write_results  # noqa: E402
+from harness import (Timer, context, copy_bandwidth, markdown_table, read_results, verdicts,  # noqa: E402
+                     write_results)
 
 
 def warm_up_cpu_memory(seconds: float = 1.5) -> None:
@@ -41,7 +42,18 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results/...)")
+    ap.add_argument("--report", metavar="RESULTS_JSON", default=None,
+                    help="benchmark nothing: rewrite results.md next to a results.json and print it")
     args = ap.parse_args()
+
+    if args.report:
+        rows, ctx = read_results(args.report)
+        table = markdown_table(rows, ctx)
+        with open(os.path.join(os.path.dirname(args.report), "results.md"), "w") as f:
+            f.write(table)
+        print(table)
+        print("\n".join(verdicts(rows)))
+        return 0
 
     device = args.device
     timer = Timer(device, warmup=3, repeats=15 if device == "cuda" else 7)
@@ -70,8 +82,11 @@ def main() -> int:
             progress = bar.update
         except ImportError:
             print(f"benchmarking {label} ...")
-        rows += module.run(device, timer, ctx["copy_gbps"], full=args.full,
-                           with_compile=not args.no_compile, dtypes=dtypes, progress=progress)
+        family_rows = module.run(device, timer, ctx["copy_gbps"], full=args.full,
+                                 with_compile=not args.no_compile, dtypes=dtypes, progress=progress)
+        for r in family_rows:
+            r.family = label
+        rows += family_rows
         if bar is not None:
             bar.close()
     out = write_results(rows, ctx, args.out)
@@ -84,6 +99,7 @@ def main() -> int:
         import update_readme
         update_readme.main()
     print(markdown_table(rows, ctx))
+    print("\n".join(verdicts(rows)))
     print(f"results written to {os.path.relpath(out)}")
     return 0
 

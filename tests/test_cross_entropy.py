@@ -10,6 +10,7 @@ import torch
 
 import fastact.functional as F
 import fastact.nn as fnn
+from fastact.accuracy import cross_entropy_error, ulp, within
 from conftest import FLOAT_DTYPES, HALF_DTYPES
 
 TF = torch.nn.functional
@@ -28,16 +29,44 @@ def make(shape_n, classes, device, dtype=torch.float32, ignore=False, prob=False
     return x, t
 
 
-def both(x, t, **kw):
-    """Our and torch's loss and input gradient for the same inputs."""
+def both(x, t, g=None, **kw):
+    """Our and torch's loss and input gradient for the same inputs (for the
+    loss gradient g: by default random for reduction "none", else 1)."""
     xa = x.detach().clone().requires_grad_(True)
     xb = x.detach().clone().requires_grad_(True)
     a = F.cross_entropy(xa, t, **kw)
     b = TF.cross_entropy(xb, t, **kw)
-    g = torch.randn_like(b) if b.dim() else torch.tensor(1.0, dtype=b.dtype, device=b.device)
+    if g is None:
+        g = torch.randn_like(b) if b.dim() else torch.tensor(1.0, dtype=b.dtype, device=b.device)
     (ga,) = torch.autograd.grad(a, xa, g)
     (gb,) = torch.autograd.grad(b, xb, g)
     return a, ga, b, gb
+
+
+def assert_near_float64(x, t, a, ga, g, weight=None, label_smoothing=0.0, reduction="mean"):
+    """float32/float64 loss a and gradient ga (for loss gradient g) against
+    torch's float64 answer, within accuracy.cross_entropy_error's bounds:
+    derived from the dtype, the number of classes and rows, and the
+    magnitudes of the logits and terms (a fixed tolerance is too loose for
+    the small gradients of a large vocabulary, or fails by chance)."""
+    classes = x.shape[1] if x.dim() > 1 else x.shape[0]
+    w64 = None if weight is None else weight.double()
+    x64 = x.detach().double().requires_grad_(True)
+    t64 = t.double() if t.is_floating_point() else t
+    kw = dict(weight=w64, label_smoothing=label_smoothing, reduction=reduction)
+    a64 = TF.cross_entropy(x64, t64, **kw)
+    (g64,) = torch.autograd.grad(a64, x64, g.double())
+    rows = x.detach().movedim(1, -1) if x.dim() > 1 else x.detach()[None]
+    row_t = t.movedim(1, -1) if t.is_floating_point() and t.dim() > 1 else (t if t.dim() else t[None])
+    row_shape = rows.shape
+    row_t = row_t.reshape(-1, classes) if t.is_floating_point() else row_t.reshape(-1)
+    grad_out = g.double().reshape(-1) if reduction == "none" else g.item()
+    lb, gbound = cross_entropy_error(rows.reshape(-1, classes), row_t, x.dtype, w64, label_smoothing,
+                                     reduction=reduction, grad_out=grad_out)
+    gbound = gbound.reshape(row_shape).movedim(-1, 1) if x.dim() > 1 else gbound.reshape(classes)
+    for what, ours, ref, bound in (("loss", a, a64, lb.reshape(a64.shape)), ("gradient", ga, g64, gbound)):
+        msg = within(what, ours, ref, bound)
+        assert msg is None, msg
 
 
 @pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
@@ -50,9 +79,9 @@ def test_index_targets_match_torch(opt, shape, classes, device):
     kw = dict(reduction=opt["reduction"], label_smoothing=opt["label_smoothing"])
     if opt["weighted"]:
         kw["weight"] = torch.rand(classes, device=device) + 0.1
-    a, ga, b, gb = both(x, t, **kw)
-    torch.testing.assert_close(a, b, equal_nan=True)
-    torch.testing.assert_close(ga, gb)
+    g = torch.randn(t.shape, device=device) if opt["reduction"] == "none" else torch.tensor(1.0, device=device)
+    a, ga, b, gb = both(x, t, g, **kw)
+    assert_near_float64(x, t, a, ga, g, **kw)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -131,10 +160,10 @@ def test_few_rows_large_vocabulary(kind, dtype, device):
     x, t = make((6,), v, device, dtype=dtype, prob=kind == "prob")
     w = torch.rand(v, device=device, dtype=dtype) if kind == "weight-smooth" else None
     kw = dict(weight=w, label_smoothing=0.1) if w is not None else {}
-    a, ga, b, gb = both(x, t, reduction="none", **kw)
+    g = torch.randn(6, device=device, dtype=dtype)
+    a, ga, b, gb = both(x, t, g, reduction="none", **kw)
     if dtype == torch.float32:
-        torch.testing.assert_close(a, b)
-        torch.testing.assert_close(ga, gb)
+        assert_near_float64(x, t, a, ga, g, reduction="none", **kw)
     else:
         if w is not None:
             kw["weight"] = w.double()
@@ -153,14 +182,31 @@ def test_dtypes_against_float64(dtype, device):
     assert a.dtype == dtype and ga.dtype == dtype
     a64, ga64, _, _ = both(x.double(), t, label_smoothing=0.1)
     if dtype in HALF_DTYPES:
+        # the loss is rounded to the half type once at the end: ours may land
+        # one ulp of it from torch's rounding
         err, err_torch = (a.double() - a64).abs().item(), (b.double() - a64).abs().item()
-        assert err <= 2 * err_torch + 1e-3 * abs(a64.item()) * (dtype == torch.bfloat16), (err, err_torch)
+        assert err <= 2 * err_torch + ulp(a64, dtype).item(), (err, err_torch)
         gerr = (ga.double() - ga64).abs().max().item()
         gerr_torch = (gb.double() - ga64).abs().max().item()
         assert gerr <= 2 * gerr_torch, (gerr, gerr_torch)
-    else:
+    elif dtype == torch.float32:
+        assert_near_float64(x, t, a, ga, torch.tensor(1.0, dtype=dtype, device=device), label_smoothing=0.1)
+    else:  # float64 with label smoothing: see test_float64_label_smoothing_keeps_float64_precision
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.xfail(strict=True, reason="float64 cross-entropy with label smoothing is only ~1e-8 accurate "
+                                       "(the smoothing coefficient seems to be carried in float32)")
+def test_float64_label_smoothing_keeps_float64_precision(device):
+    # within the bounds derived for float64 without smoothing, and fails
+    # with it: the loss is off by ~3e-9 relative per row and the gradient
+    # entries -s / (V N) by ~1.5e-8 relative (float32's rounding of s / V)
+    x, t = make((64,), 1000, device, dtype=torch.float64)
+    a, ga, _, _ = both(x, t)
+    assert_near_float64(x, t, a, ga, torch.tensor(1.0, dtype=torch.float64, device=device))
+    a, ga, _, _ = both(x, t, label_smoothing=0.1)
+    assert_near_float64(x, t, a, ga, torch.tensor(1.0, dtype=torch.float64, device=device), label_smoothing=0.1)
 
 
 def composed(x, t, z_loss=0.0, softcap=None, **kw):

@@ -1,8 +1,11 @@
 """``python -m fastact``: print build_info() and run the self-check; exit 1 on a mismatch.
 
-``python -m fastact --kernels [--all]`` prints the CUDA kernels' resource
-table (registers, spills, shared memory, occupancy) that the CUDA build wrote.
+``--seed N`` draws other inputs (the default is fixed, so the check is
+deterministic); ``--quick`` runs the same comparisons at smaller sizes.
+``--kernels [--all]`` prints the CUDA kernels' resource table (registers,
+spills, shared memory, occupancy) that the CUDA build wrote.
 """
+import argparse
 import json
 import os
 import sys
@@ -39,13 +42,19 @@ def kernels(every: bool = False) -> int:
     return 0
 
 
-def main() -> int:
-    if "--kernels" in sys.argv[1:]:
-        return kernels(every="--all" in sys.argv[1:])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastact", description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=selfcheck.DEFAULT_SEED, help="seed of the self-check's inputs")
+    ap.add_argument("--quick", action="store_true", help="the same comparisons at smaller sizes")
+    ap.add_argument("--kernels", action="store_true", help="print the CUDA kernels' resource table")
+    ap.add_argument("--all", action="store_true", help="with --kernels: every template instantiation")
+    args = ap.parse_args(argv)
+    if args.kernels:
+        return kernels(every=args.all)
     print("fastact build info:")
     print(json.dumps(fastact.build_info(), indent=2))
     print("self-check (every op, forward and backward, against torch):")
-    failures = selfcheck.run(verbose=True)
+    failures = selfcheck.run(verbose=True, seed=args.seed, quick=args.quick)
     if failures:
         print(f"self-check FAILED: {len(failures)} mismatches")
         return 1
