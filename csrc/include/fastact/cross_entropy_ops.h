@@ -31,7 +31,7 @@ namespace fastact {
 struct CrossEntropyParams {
   int64_t rows, classes;
   int64_t ignore_index;
-  float smoothing, z_loss, softcap;  // softcap <= 0: none
+  double smoothing, z_loss, softcap;  // softcap <= 0: none; rounded to the opmath type where used
   bool has_weight, prob_target;
 };
 
@@ -180,9 +180,9 @@ inline CrossEntropyArgs cross_entropy_args(const at::Tensor& logits, const at::T
     a.weight = weight->contiguous();
   }
   a.p.ignore_index = ignore_index;
-  a.p.smoothing = static_cast<float>(smoothing);
-  a.p.z_loss = static_cast<float>(z_loss);
-  a.p.softcap = static_cast<float>(softcap);
+  a.p.smoothing = smoothing;
+  a.p.z_loss = z_loss;
+  a.p.softcap = softcap;
   a.logits = logits.contiguous();
   a.target = target.contiguous();
   return a;
