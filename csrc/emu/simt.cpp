@@ -37,6 +37,69 @@ constexpr size_t kSharedLimit = size_t{48} << 10;  // without an opt-in attribut
 
 enum class State : uint8_t { Ready, BlockBarrier, WarpBarrier, Done };
 
+// A fiber's saved context. On x86-64 a switch saves the callee-saved
+// registers and the FP control words on the stack and swaps stack pointers
+// (a few nanoseconds; a CUDA thread switches at least twice); elsewhere
+// ucontext (two signal-mask system calls per switch).
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;
+};
+extern "C" void fastact_emu_switch(void** save_sp, void* next_sp);
+asm(R"(
+  .text
+  .globl fastact_emu_switch
+  .hidden fastact_emu_switch
+  .type fastact_emu_switch, @function
+fastact_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size fastact_emu_switch, .-fastact_emu_switch
+)");
+
+// A fresh context that enters entry() on the stack [lo, lo + size).
+void make_context(Context& c, char* lo, size_t size, void (*entry)()) {
+  auto* top = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(lo + size) & ~uintptr_t{15});
+  top[-1] = 0;                                      // entry's return address slot (it never returns)
+  top[-2] = reinterpret_cast<uint64_t>(entry);      // popped by ret
+  for (int i = 3; i <= 8; ++i) top[-i] = 0;         // rbp, rbx, r12-r15
+  top[-9] = 0x1F80u | (uint64_t{0x037F} << 32);     // MXCSR and x87 control word defaults
+  c.sp = top - 9;
+}
+inline void switch_context(Context& from, Context& to) { fastact_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+void make_context(Context& c, char* lo, size_t size, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = lo;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 struct Settings {
   int multiprocessors = 8;
   int order = 0;  // 0 mixed, 1 forward, 2 reverse, 3 shuffled
@@ -108,7 +171,7 @@ std::string g_report;
 // ---- the block runner ---------------------------------------------------------
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   State state = State::Ready;
   unsigned mask = 0;
   char* stack = nullptr;
@@ -121,8 +184,7 @@ struct SharedSlot {
 
 struct Runner {
   Fiber fibers[kMaxThreads];
-  ucontext_t sched;
-  ucontext_t fresh;  // a getcontext() image the fibers start from
+  Context sched;
   int current = -1;
   int nthreads = 0;
   unsigned bx = 1, by = 1;
@@ -140,7 +202,6 @@ struct Runner {
   size_t sched_size = 0;
 #endif
 
-  Runner() { getcontext(&fresh); }
   ~Runner() {
     for (Fiber& f : fibers)
       if (f.stack) munmap(f.stack, kStackBytes);
@@ -181,10 +242,10 @@ void resume(Runner& r, int t) {
 #if FA_EMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, r.fibers[t].stack + 4096, kStackBytes - 4096);
-  swapcontext(&r.sched, &r.fibers[t].ctx);
+  switch_context(r.sched, r.fibers[t].ctx);
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
-  swapcontext(&r.sched, &r.fibers[t].ctx);
+  switch_context(r.sched, r.fibers[t].ctx);
 #endif
   r.current = -1;
 }
@@ -195,11 +256,11 @@ void yield(Runner& r, bool finished) {
 #if FA_EMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(finished ? nullptr : &fake, r.sched_bottom, r.sched_size);
-  swapcontext(&f.ctx, &r.sched);
+  switch_context(f.ctx, r.sched);
   __sanitizer_finish_switch_fiber(fake, &r.sched_bottom, &r.sched_size);
 #else
   (void)finished;
-  swapcontext(&f.ctx, &r.sched);
+  switch_context(f.ctx, r.sched);
 #endif
 }
 
@@ -332,12 +393,7 @@ void run_block(Runner& r, const LaunchConfig& cfg, int64_t launch_id) {
   for (int t = 0; t < r.nthreads; ++t) {
     Fiber& f = r.fibers[t];
     char* stack = r.stack_of(t);
-    f.ctx = r.fresh;
-    f.ctx.uc_mcontext.fpregs = &f.ctx.__fpregs_mem;  // the copy's own FP save area
-    f.ctx.uc_stack.ss_sp = stack + 4096;
-    f.ctx.uc_stack.ss_size = kStackBytes - 4096;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
+    make_context(f.ctx, stack + 4096, kStackBytes - 4096, fiber_entry);
     f.state = State::Ready;
   }
   if (g_trace) g_trace_data.occurrence.clear();
