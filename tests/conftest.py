@@ -8,10 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastact  # noqa: F401  (registers the ops)
+import fastact  # registers the ops
 from fastact.accuracy import mismatch
 
 HAS_CUDA = torch.cuda.is_available()
+# The emulation lane (make test-emu): "cpu" tensors run the CUDA kernels on
+# the SIMT emulator, so CUDA behaviour (device asserts) shows on CPU.
+EMULATION = fastact.build_info()["cuda_emulation"]
 
 DEVICES = [
     "cpu",
