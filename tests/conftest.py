@@ -30,6 +30,25 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
 
 
+def pytest_terminal_summary(terminalreporter):
+    """In the emulation lane: which CUDA kernel variants the run launched."""
+    if not EMULATION:
+        return
+    from fastact import _emulation
+
+    rows = _emulation.coverage()
+    write = terminalreporter.write_line
+    write(f"CUDA kernel variants launched on the emulator: {len(rows)}")
+    kernels = {}
+    for kernel, params, count in rows:
+        k = kernels.setdefault(kernel, [0, set()])
+        k[0] += count
+        dtype = next((d for d in ("c10::BFloat16", "c10::Half", "double", "float") if d in params), "")
+        k[1].add(dtype.replace("c10::", ""))
+    for kernel, (count, dtypes) in sorted(kernels.items()):
+        write(f"  {kernel:60s} {count:8d} launches  {', '.join(sorted(d for d in dtypes if d))}")
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

@@ -167,6 +167,20 @@ struct Trace {
 };
 Trace g_trace_data;
 std::string g_report;
+std::map<std::pair<std::string, std::string>, int64_t> g_coverage;  // (kernel, parameter types) -> launches
+
+// "void fastact::emu::launch(...) [with P = {a, b}; A = {...}]" -> "a, b"
+std::string parameter_types(const char* signature) {
+  std::string s(signature);
+  const size_t at = s.find("P = {");
+  if (at == std::string::npos) return s;
+  size_t depth = 0, end = at + 5;
+  for (; end < s.size(); ++end) {
+    if (s[end] == '{') ++depth;
+    if (s[end] == '}' && depth-- == 0) break;
+  }
+  return s.substr(at + 5, end - at - 5);
+}
 
 // ---- the block runner ---------------------------------------------------------
 
@@ -467,6 +481,7 @@ void run_kernel(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     launch_id = ++g_trace_data.launch_count;
+    ++g_coverage[{cfg.kernel, parameter_types(cfg.signature)}];
   }
   r.body = body;
   r.ctx = ctx;
@@ -652,6 +667,14 @@ void record_access(const void* p, size_t bytes, bool store, const std::source_lo
 
 using namespace fastact::emu;
 
+namespace {
+std::string quoted(const std::string& v) {
+  std::string o = "\"";
+  for (char c : v) o += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+  return o + "\"";
+}
+}  // namespace
+
 extern "C" {
 
 void fastact_emu_reset() {
@@ -681,6 +704,20 @@ void fastact_emu_add_region(const char* name, uint64_t ptr, uint64_t bytes) {
   g_trace_data.region_bytes.emplace_back(0, 0);
 }
 
+const char* fastact_emu_coverage() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  std::ostringstream s;
+  s << "[";
+  bool first = true;
+  for (const auto& [key, count] : g_coverage) {
+    s << (first ? "" : ", ") << "[" << quoted(key.first) << ", " << quoted(key.second) << ", " << count << "]";
+    first = false;
+  }
+  s << "]";
+  g_report = s.str();
+  return g_report.c_str();
+}
+
 int64_t fastact_emu_launch_count() {
   std::lock_guard<std::mutex> lock(g_mutex);
   return g_trace_data.launch_count;
@@ -697,11 +734,6 @@ int fastact_emu_multiprocessors() { return g_settings.multiprocessors; }
 const char* fastact_emu_report() {
   std::lock_guard<std::mutex> lock(g_mutex);
   std::ostringstream s;
-  auto quoted = [](const std::string& v) {
-    std::string o = "\"";
-    for (char c : v) o += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
-    return o + "\"";
-  };
   s << "{\"launch_count\": " << g_trace_data.launch_count << ", \"launches\": [";
   for (size_t i = 0; i < g_trace_data.launches.size(); ++i) {
     const LaunchRecord& l = g_trace_data.launches[i];

@@ -65,6 +65,7 @@ struct LaunchConfig {
   const char* kernel;  // as written at the launch site, e.g. "ce_forward_kernel<kVec, scalar_t>"
   dim3 grid, block;
   size_t dynamic_smem;
+  const char* signature = "";  // the kernel's parameter types (for the coverage counts)
 };
 
 // Runs body(ctx) once per thread of every block of the grid; throws Error on
@@ -128,10 +129,11 @@ T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
 // parameters.
 namespace fastact::emu {
 template <class... P, class... A>
-void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
+void launch(LaunchConfig cfg, void (*kernel)(P...), A&&... args) {
   std::tuple<P...> params(std::forward<A>(args)...);
   auto call = [&] { std::apply(kernel, params); };
   using Call = decltype(call);
+  cfg.signature = __PRETTY_FUNCTION__;  // names P..., i.e. the dtype and operand count of this variant
   run_kernel(cfg, [](void* c) { (*static_cast<Call*>(c))(); }, &call);
 }
 }  // namespace fastact::emu
@@ -180,6 +182,9 @@ void fastact_emu_add_region(const char* name, uint64_t ptr, uint64_t bytes);
 const char* fastact_emu_report();
 void fastact_emu_reset();
 int64_t fastact_emu_launch_count();
+// Launches per kernel variant (launch-site text and parameter types) since
+// the library was loaded, as JSON: which paths a test run has reached.
+const char* fastact_emu_coverage();
 // Emulated device: multiprocessor count (sizes the grids the host code picks),
 // thread order between barriers (0 mixed, 1 forward, 2 reverse, 3 shuffled)
 // and the seed of the shuffles.

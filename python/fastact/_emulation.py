@@ -31,6 +31,7 @@ def _lib() -> ctypes.CDLL:
 
     lib = ctypes.CDLL(_C.__file__)
     lib.fastact_emu_report.restype = ctypes.c_char_p
+    lib.fastact_emu_coverage.restype = ctypes.c_char_p
     lib.fastact_emu_launch_count.restype = ctypes.c_int64
     lib.fastact_emu_add_region.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64]
     lib.fastact_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint64]
@@ -72,6 +73,12 @@ def launch_count() -> int:
 def report() -> dict:
     """The launches since the last reset or trace, with their sites and regions when traced."""
     return json.loads(lib().fastact_emu_report().decode())
+
+
+def coverage() -> list:
+    """[kernel as written at its launch, its parameter types, launches] for
+    every kernel variant launched since the library was loaded."""
+    return json.loads(lib().fastact_emu_coverage().decode())
 
 
 def launches() -> list:
