@@ -38,10 +38,28 @@ def section(path: str) -> str:
         fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
         ratio = lambda a, b: "" if a is None or b is None else f"{b / a:.2f}×"  # noqa: E731
         lines.append(f"| {op} | {dtype} | {shape} | {fmt(f)} | {fmt(e)} | {fmt(c)} | {ratio(f, e)} | {ratio(f, c)} |")
+    lines += lm_head_table(rows)
     for png in ("time.png", "bandwidth.png"):
         if os.path.exists(os.path.join(os.path.dirname(path), png)):
             lines += ["", f"![{png}]({rel}/{png})"]
     return "\n".join(lines) + "\n"
+
+
+def lm_head_table(rows: list) -> list[str]:
+    """The LM head side by side: fastact, torch's chunked linear_cross_entropy
+    (torch >= 2.14), eager and Liger, time and peak extra memory."""
+    head = [r for r in rows if r["op"].startswith("linear_cross_entropy") and r["case"] == "fwd+bwd"]
+    if not any(r["impl"] == "torch-chunked" for r in head):
+        return []
+    lines = ["", "LM head, forward+backward:", "",
+             "| op | dtype | impl | ms | extra memory MB (% of logits) | vs eager |", "|---|---|---|---:|---:|---:|"]
+    for r in head:
+        extra = r.get("extra") or {}
+        mem = "" if "extra_mb" not in extra else f"{extra['extra_mb']:.0f} ({extra['extra_pct_of_logits']:.0f} %)"
+        sp = r.get("speedup_vs_eager")
+        lines.append(f"| {r['op']} | {r['dtype']} | {r['impl']} | {r['ms']:.2f} | {mem} | "
+                     f"{'' if sp is None else f'{sp:.2f}×'} |")
+    return lines
 
 
 def main() -> None:

@@ -112,6 +112,12 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if input.dim() == 0:
         raise ValueError("fastact.cross_entropy: input must have a class dimension")
     prob = target.is_floating_point()
+    if not prob and target.shape == input.shape and input.dim() >= 1:
+        raise ValueError(f"fastact.cross_entropy: a target of the input's shape {tuple(input.shape)} holds class "
+                         f"probabilities and must be floating point, got {target.dtype}")
+    if prob and ignore_index != -100:
+        raise ValueError(f"fastact.cross_entropy: ignore_index ({ignore_index}) is not supported for a "
+                         f"class-probability (floating point) target")
     if prob and target.shape != input.shape:
         raise ValueError(f"fastact.cross_entropy: class-probability target must have the input's shape "
                          f"{tuple(input.shape)}, got {tuple(target.shape)}")

@@ -197,8 +197,10 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     the chunks: None (default) accumulates in the weight's own dtype (no
     extra memory; for bf16/fp16 weights one rounding per chunk, as
     Liger-Kernel does); ``torch.float32`` matches the unfused precision at the
-    cost of a float32 buffer of the weight's size. Under torch.compile this
-    function is a graph break (it runs eagerly)."""
+    cost of a float32 buffer of the weight's size. On the CPU, bf16/fp16
+    inputs are computed in float32 (half-type matmuls are emulated there),
+    each gradient rounded once. Under torch.compile this function is a graph
+    break (it runs eagerly)."""
     op = "fastact.linear_cross_entropy"
     if input.dim() < 1 or input.dim() > 2:
         raise ValueError(f"{op}: expected input with dimensionality 1 or 2, got {input.dim()}")
@@ -254,6 +256,14 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if lin_w.dtype != hidden.dtype or (lin_b is not None and lin_b.dtype != hidden.dtype):
         raise ValueError(f"{op}: input ({hidden.dtype}), linear_weight ({lin_w.dtype}) and linear_bias "
                          f"must have one dtype")
+    if hidden.device.type == "cpu" and hidden.dtype in (torch.float16, torch.bfloat16):
+        # CPU matmuls in half types are emulated (many times slower than in
+        # float32) and would round the chunk's logits and gradients, and the
+        # upstream gradient's scaling once more: on the CPU the chunk loop
+        # runs in float32 (torch's "accurate" policy there), the casts
+        # outside it, so autograd rounds each gradient once.
+        hidden, lin_w = hidden.float(), lin_w.float()
+        lin_b = lin_b.float() if lin_b is not None else None
     if out_features:
         # token n's logits as D rows of C classes: row (n, j) = input[n] @ W[:, j, :].T
         lin_w = lin_w.movedim(0, -2).reshape(d * classes, in_features)

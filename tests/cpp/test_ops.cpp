@@ -79,10 +79,23 @@ void test_online_lse() {
   }
 }
 
+// The float64 row lse split into hi + lo for the backward kernels: exact
+// reconstruction, and lo = 0 for a non-finite lse.
+void test_split_lse() {
+  const double lse = -1e4 + std::log(100.0);
+  const auto s = fastact::split_lse<float>(lse);
+  expect("split_lse: hi + lo == lse", std::abs((static_cast<double>(s.hi) + s.lo) - lse) < 1e-9 &&
+                                          s.hi == static_cast<float>(lse));
+  const auto inf = fastact::split_lse<float>(-INFINITY);
+  const auto nan = fastact::split_lse<float>(NAN);
+  expect("split_lse: non-finite lse", inf.hi == -INFINITY && inf.lo == 0 && std::isnan(nan.hi) && nan.lo == 0);
+}
+
 }  // namespace
 
 int main() {
   test_online_lse();
+  test_split_lse();
   auto& dispatcher = c10::Dispatcher::singleton();
   const at::Tensor x = torch::randn({1000, 37});
   const at::Tensor dy = torch::randn({1000, 37});
@@ -100,6 +113,19 @@ int main() {
   auto leaky = dispatcher.findSchemaOrThrow("fastact::leaky_relu", "")
                    .typed<at::Tensor(const at::Tensor&, double)>();
   expect_close("leaky_relu(x.t(), 0.2)", leaky.call(x.t(), 0.2), torch::leaky_relu(x.t(), 0.2));
+
+  // cross-entropy is shift-invariant: a row of equal logits at -1e4 costs
+  // exactly log(C), and its lse comes back in float64
+  auto ce_rows = dispatcher.findSchemaOrThrow("fastact::cross_entropy_rows", "")
+                     .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                               const std::optional<at::Tensor>&, int64_t, double,
+                                                               double, double)>();
+  const auto [ce_loss, ce_lse] =
+      ce_rows.call(torch::full({3, 100}, -1e4), torch::tensor({0, 5, 99}, torch::kLong), std::nullopt, -100, 0.0,
+                   0.0, 0.0);
+  expect("cross_entropy rows at -1e4 give log(C)",
+         ce_lse.scalar_type() == at::kDouble &&
+             (ce_loss.to(at::kDouble) - std::log(100.0)).abs().max().item<double>() < 1e-6);
 
   bool raised = false;
   try {
