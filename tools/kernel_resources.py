@@ -8,7 +8,7 @@ theoretical occupancy at each kernel's block size (its __launch_bounds__).
 
 Prints nothing but a summary; `python -m fastact --kernels` prints the
 table. --check fails on a kernel that spills unless tools/accepted_spills.json
-lists it ("<kernel name without template arguments>@<arch>": why).
+lists it ("<kernel with its template arguments>@<arch>": why).
 """
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def demangle(names: list[str]) -> list[str]:
 
 def short(name: str) -> str:
     """fastact::(anonymous namespace)::ce_forward_kernel<4, float, float>(...) -> ce_forward_kernel<4, float, float>"""
+    name = name.replace("(anonymous namespace)::", "")
     depth, cut = 0, len(name)
     for i, ch in enumerate(name):  # drop the parameter list
         depth += ch == "<"
@@ -82,6 +83,8 @@ def short(name: str) -> str:
             cut = i
             break
     head = name[:cut]
+    if head.startswith("void "):  # the return type of a function template
+        head = head[5:]
     base = head.split("<")[0].split("::")[-1]
     return base + head[len(head.split("<")[0]):] if "<" in head else base
 
@@ -108,7 +111,7 @@ def check(rows: list[dict]) -> list[str]:
     bad = []
     for r in rows:
         if r["spill_stores"] or r["spill_loads"]:
-            key = f"{r['kernel'].split('<')[0]}@{r['arch']}"
+            key = f"{r['kernel']}@{r['arch']}"
             if key not in accepted:
                 bad.append(f"{r['kernel']} on {r['arch']} spills {r['spill_stores']}/{r['spill_loads']} bytes "
                            f"(not in tools/accepted_spills.json)")
