@@ -85,7 +85,7 @@ __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyPara
 }
 
 // grid (rows, splits): block (r, k) folds columns [k*span, (k+1)*span) of row
-// r; with one split it finishes the row, else it writes partial[r*splits+k].
+// r; with one split it finishes the row, else it writes partial[k*rows+r].
 template <int VEC, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
     ce_forward_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span, A* loss,
@@ -137,7 +137,9 @@ __global__ void __launch_bounds__(kThreads)
   if (gridDim.y == 1) {
     finish_row(in, p, r, row, row_wz, row_o, loss, lse_out);
   } else {
-    gstore(partial + r * gridDim.y + blockIdx.y, CePartial<A>{row.m, row.s, row_wz, row_o});
+    // split-major, so that the merge kernel's threads (one per row) read
+    // consecutive partials
+    gstore(partial + blockIdx.y * p.rows + r, CePartial<A>{row.m, row.s, row_wz, row_o});
   }
 }
 
@@ -150,12 +152,12 @@ __global__ void __launch_bounds__(128)
   if (r >= p.rows) return;
   OnlineLse<A> pair;
   for (int k = 0; k < splits; ++k) {
-    const CePartial<A> q = gload(partial + r * splits + k);
+    const CePartial<A> q = gload(partial + k * p.rows + r);
     pair.merge(OnlineLse<A>{q.m, q.s});
   }
   A wz = 0, o = 0;
   for (int k = 0; k < splits; ++k) {
-    const CePartial<A> q = gload(partial + r * splits + k);
+    const CePartial<A> q = gload(partial + k * p.rows + r);
     wz += rebase(q.wz, q.o, q.m, pair.m);
     o += q.o;
   }

@@ -136,6 +136,11 @@ struct SiteStats {
   bool store = false;
   size_t width = 0;  // bytes per access
   uint64_t accesses = 0, bytes = 0, warp_accesses = 0, sectors = 0, min_sectors = 0, max_excess = 0;
+  uint64_t max_runs = 0;  // most separate address runs in one warp access (1: lanes contiguous)
+  // warp accesses touching more sectors than their runs need: a run of n
+  // bytes touches at most ceil(n / 32) + 1 sectors, so r runs at most
+  // ceil(bytes / 32) + 2r - 1; more means lanes scattered within a run
+  uint64_t uncoalesced = 0;
 };
 
 struct Region {
@@ -438,10 +443,11 @@ void finish_trace(LaunchRecord& rec) {
     std::sort(sectors.begin(), sectors.end());
     const uint64_t touched = std::unique(sectors.begin(), sectors.end()) - sectors.begin();
     std::sort(spans.begin(), spans.end());
-    uint64_t distinct = 0;
+    uint64_t distinct = 0, runs = 1;
     uintptr_t lo = spans[0].first, hi = spans[0].second;
     for (auto [a, b] : spans) {
       if (a > hi) {
+        ++runs;
         distinct += hi - lo;
         lo = a;
         hi = b;
@@ -455,6 +461,8 @@ void finish_trace(LaunchRecord& rec) {
     s.sectors += touched;
     s.min_sectors += minimum;
     s.max_excess = std::max<uint64_t>(s.max_excess, touched - minimum);
+    s.max_runs = std::max<uint64_t>(s.max_runs, runs);
+    s.uncoalesced += touched > minimum + 2 * runs - 1;
   }
   rec.sites = tr.sites;
   rec.region_bytes = tr.region_bytes;
@@ -745,7 +753,8 @@ const char* fastact_emu_report() {
       s << (j ? ", " : "") << "{\"where\": " << quoted(t.where) << ", \"store\": " << (t.store ? "true" : "false")
         << ", \"width\": " << t.width << ", \"accesses\": " << t.accesses << ", \"bytes\": " << t.bytes
         << ", \"warp_accesses\": " << t.warp_accesses << ", \"sectors\": " << t.sectors
-        << ", \"min_sectors\": " << t.min_sectors << ", \"max_excess\": " << t.max_excess << "}";
+        << ", \"min_sectors\": " << t.min_sectors << ", \"max_excess\": " << t.max_excess
+        << ", \"max_runs\": " << t.max_runs << ", \"uncoalesced\": " << t.uncoalesced << "}";
     }
     s << "], \"regions\": {";
     for (size_t j = 0; j < l.region_bytes.size() && j < g_trace_data.regions.size(); ++j)
