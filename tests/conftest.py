@@ -43,7 +43,9 @@ def pytest_terminal_summary(terminalreporter):
     for kernel, params, count in rows:
         k = kernels.setdefault(kernel, [0, set()])
         k[0] += count
-        dtype = next((d for d in ("c10::BFloat16", "c10::Half", "double", "float") if d in params), "")
+        # the first dtype named in the parameters is the data's (CE kernels also take double* lse)
+        found = [(params.find(d), d) for d in ("c10::BFloat16", "c10::Half", "double", "float") if d in params]
+        dtype = min(found)[1] if found else ""
         k[1].add(dtype.replace("c10::", ""))
     for kernel, (count, dtypes) in sorted(kernels.items()):
         write(f"  {kernel:60s} {count:8d} launches  {', '.join(sorted(d for d in dtypes if d))}")

@@ -221,14 +221,17 @@ def test_split_rows_follow_the_multiprocessor_count():
 
 # ---- memory traffic and coalescing ------------------------------------------------------
 
-def _coalesced(rep):
+def _coalesced(rep, per_row_gathers=0):
     """Every warp-wide access of every site is coalesced: its lanes touch one
     contiguous run of addresses (two where the warp spans the end of a row)
     and no more 32-byte sectors than such runs need (ceil(bytes / 32) + 1
-    per run: a run need not start on a sector)."""
+    per run: a run need not start on a sector). Sites of at most
+    `per_row_gathers` accesses in all (one element per row, e.g. the target
+    logit a merge thread reads for its row) are exempt from the run count."""
     for launch in rep["launches"]:
         for site in launch["sites"]:
-            assert site["max_runs"] <= 2, (launch["kernel"], site)
+            if site["accesses"] > per_row_gathers:
+                assert site["max_runs"] <= 2, (launch["kernel"], site)
             assert site["uncoalesced"] == 0, (launch["kernel"], site)
 
 
@@ -303,7 +306,7 @@ def test_cross_entropy_traffic(rows, classes):
     # on the GPU: 4 bytes a row)
     assert g["min_reads"] == 1 and g["max_reads"] == 2 and g["max_writes"] == 0, g
     assert g["read_bytes"] == x.numel() * 4 + rows * 4, g
-    _coalesced(rep)
+    _coalesced(rep, per_row_gathers=rows)
     loss, lse = OPS.cross_entropy_rows(x, t, None, -100, 0.0, 0.0, 0.0)
     grad = torch.ones(rows)
     rep = _traffic(lambda: OPS.cross_entropy_rows_backward(grad, x, t, None, lse, -100, 0.0, 0.0, 0.0), x=x)
