@@ -161,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
             continue;
           }
           A l;
-          if (in.y) {
+          if (p.prob_target) {  // not in.y: a target of no classes has no data pointer
             l = ce_prob_loss(s.wy, s.wz, s.log_s);
           } else {
             l = (A(1) - A(p.smoothing)) * s.w_t * (s.log_s - s.z_t) +

@@ -67,7 +67,7 @@ __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyPara
   const A log_s = ::fastact::math::log(pair.s);
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A l;
-  if (in.y) {
+  if (p.prob_target) {  // not in.y: the target of a row of no classes has no data pointer
     l = ce_prob_loss(o, wz, log_s);
   } else {
     const int64_t t = gload(in.tgt + r);
@@ -93,10 +93,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r = blockIdx.x, C = p.classes;
   const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
   const S* xr = in.x + r * C;
-  const S* yr = in.y ? in.y + r * C : nullptr;
+  const S* yr = p.prob_target ? in.y + r * C : nullptr;
   const A cap = p.softcap;
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
-  const bool weighted_sum = yr || p.smoothing > 0;
+  const bool weighted_sum = p.prob_target || p.smoothing > 0;
   OnlineLse<A> pair;
   A wz = 0, o = 0;
   for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(kThreads)
     if (!weighted_sum) return;
     wz = rebase(wz, o, m_before, pair.m);
     const A ref = ce_ref(pair.m);
-    if (yr) {
+    if (p.prob_target) {
       const VecOf<S, N> yv = load_vec<N>(yr + c);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
