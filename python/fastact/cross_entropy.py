@@ -134,7 +134,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if reduction == "sum":
         return loss.sum().to(input.dtype)
     if prob:
-        count = loss.new_tensor(float(loss.numel()))
+        # torch divides by input.numel() / classes: NaN when there are no classes
+        count = loss.new_tensor(float(loss.numel()) if rows.shape[1] else float("nan"))
     else:
         counted = tgt != ignore_index
         if weight is not None:
