@@ -72,6 +72,7 @@ def _supported_text() -> str:
 def _family(model: nn.Module) -> Optional[str]:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    # (a patched model's class keeps its name)
     if model_type in SUPPORTED and type(model).__name__ == SUPPORTED[model_type][0]:
         return model_type
     return None
@@ -120,7 +121,7 @@ def apply(model: nn.Module, *, glu: bool = True, loss: bool = True, dropout: boo
     if not isinstance(model, nn.Module):
         raise FastactTypeError(f"fastact.transformers.apply: expected a torch.nn.Module (a transformers model), "
                                f"got {type(model).__name__}")
-    family = _family(model) or (_family_of_patched(model))
+    family = _family(model)
     changed = {"family": family, "glu": {}, "loss": None, "dropout": {}, "activations": {}}
     if glu:
         changed["glu"] = patch_mlp(model)
@@ -143,14 +144,6 @@ def apply(model: nn.Module, *, glu: bool = True, loss: bool = True, dropout: boo
     previous = getattr(model, "fastact_patched", {})
     model.fastact_patched = {**previous, **{k: v for k, v in changed.items() if v}}
     return changed
-
-
-def _family_of_patched(model) -> Optional[str]:
-    base = getattr(type(model), "fastact_base_class", None)
-    if base is None:
-        return None
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return model_type if model_type in SUPPORTED and base.__name__ == SUPPORTED[model_type][0] else None
 
 
 def _fnn_fused(module) -> bool:

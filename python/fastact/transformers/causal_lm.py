@@ -3,8 +3,8 @@ with fastact's chunked ``linear_cross_entropy``: the ``(tokens, vocab)``
 logits and their float32 upcast are never materialised.
 
 ``fused_lm_class(cls)`` is a subclass of a ``...ForCausalLM`` class with the
-same name and signature whose forward, in training mode with ``labels`` (or
-``labels``, runs the base model, then :func:`causal_lm_loss`, and
+same name and signature whose forward, in training mode with ``labels``,
+runs the base model, then :func:`causal_lm_loss`, and
 returns ``logits=None`` (``shift_labels``, when given with ``labels``, is used
 as transformers does); otherwise (no labels, eval mode, ``logits_to_keep``
 set) it is the original forward, so ``generate()`` and evaluation with
