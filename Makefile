@@ -24,10 +24,16 @@ $(VENV)/.deps: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" numpy pytest expecttest matplotlib tqdm
 	touch $@
 
+# fastact.transformers' tests: the `transformers` extra of pyproject.toml
+# (its own stamp, so an existing .venv gets it too)
+$(VENV)/.deps-transformers: $(VENV)/.deps
+	$(BIN)/python -m pip install -q "transformers>=4.51,<5" "accelerate>=1.0"
+	touch $@
+
 # A development install: the venv imports python/fastact in place (a .pth
 # file, as an editable install would), and builds recompile only what changed
 # (ninja, build/). Users install with `pip install --no-build-isolation .`.
-$(VENV)/.installed: $(VENV)/.deps
+$(VENV)/.installed: $(VENV)/.deps $(VENV)/.deps-transformers
 	$(BIN)/python -c "import site, sys; open(site.getsitepackages()[0] + '/fastact-dev.pth', 'w').write(sys.argv[1] + '\\n')" "$(CURDIR)/python"
 	touch $@
 

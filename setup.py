@@ -155,7 +155,7 @@ setup(
     name="fastact",
     version=VERSION,
     package_dir={"": "python"},
-    packages=["fastact"],
+    packages=["fastact", "fastact.transformers"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -125,7 +125,7 @@ class Row:
     peak_mb: Optional[float] = None
     speedup_vs_eager: Optional[float] = None
     extra: dict = field(default_factory=dict)
-    family: str = ""   # "activations", "glu", "dropout", "losses", "linear_ce" (set by run.py)
+    family: str = ""   # "activations", "glu", "dropout", "losses", "linear_ce", "transformers" (set by run.py)
 
 
 def peak_memory_mb(device: str, fn: Callable[[], object]) -> Optional[float]:
@@ -175,6 +175,8 @@ def family_of(op: str) -> str:
         return "dropout"
     if base in ("linear_cross_entropy", "vocab_parallel_cross_entropy"):
         return "linear_ce"
+    if base.startswith("llama train step"):
+        return "transformers"
     return "losses"
 
 
@@ -248,6 +250,8 @@ def markdown_table(rows: list[Row], ctx: dict) -> str:
         peak = "" if r.peak_mb is None else f"{r.peak_mb:.0f}"
         if r.extra.get("extra_pct_of_logits") is not None:
             peak += f" ({r.extra['extra_pct_of_logits']:.1f} % of logits beyond grads)"
+        if r.extra.get("rss_peak_mb") is not None:
+            peak += f" (tensors; peak RSS {r.extra['rss_peak_mb']:.0f})"
         lines.append(f"| {r.op} | {r.case} | {r.dtype} | {r.shape} | {r.impl} | {r.ms:.3f} | "
                      f"{r.gbps:.1f} | {r.pct_copy:.1f} | {peak} | {sp} |")
     return "\n".join(lines) + "\n"

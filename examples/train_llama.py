@@ -1,14 +1,16 @@
-"""Train a small LLaMA-style decoder twice from the same initial weights on
-the same synthetic data: plain PyTorch (eager), and with fastact (nn.patch
-swaps dropout, activations and the loss for the fused kernels, the FFN becomes
-fastact.nn.SwiGLU, and the LM head loss is linear_cross_entropy, which never
-holds the logits). Prints both loss curves, step time and peak memory.
+"""Train a small LLaMA twice from the same initial weights on the same
+synthetic data: unpatched, and on fastact's kernels. Prints both loss curves
+(they agree), step time and peak memory.
+
+With transformers installed (pip install 'fastact[transformers]') the model is
+transformers' LlamaForCausalLM from a tiny config (no download), and the
+fastact copy is one call, ``fastact.transformers.apply(model)``: fused SwiGLU
+MLPs and a linear_cross_entropy loss that never holds the logits. Without it
+(or with --self-contained) the model is the self-contained decoder below, put
+on fastact by hand (nn.patch, fastact.nn.SwiGLU, linear_cross_entropy).
 
     python examples/train_llama.py --steps 200
-    python examples/train_llama.py --steps 200 --dropout 0.1   # curves then differ by the dropout draws
-
-Uses transformers' LlamaForCausalLM only for reference of the architecture;
-the model here is self-contained (no download).
+    python examples/train_llama.py --steps 200 --dropout 0.1   # self-contained: curves differ by the dropout draws
 """
 from __future__ import annotations
 
@@ -102,6 +104,44 @@ def fastact_version(model: TinyLlama) -> TinyLlama:
     return model
 
 
+def transformers_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class HFCausalLM(nn.Module):
+    """transformers' LlamaForCausalLM behind this script's (tokens, targets)
+    interface: the labels are the tokens, shifted inside the model."""
+
+    def __init__(self, vocab, dim, layers, heads, hidden, dropout):
+        super().__init__()
+        import transformers
+
+        config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=hidden,
+                                          num_hidden_layers=layers, num_attention_heads=heads,
+                                          num_key_value_heads=heads, max_position_embeddings=1024,
+                                          attention_dropout=dropout, attn_implementation="sdpa")
+        self.lm = transformers.LlamaForCausalLM(config)
+        self.fastact_patched = {}
+
+    def forward(self, tokens, targets):
+        full = torch.cat([tokens, targets[:, -1:]], 1)
+        return self.lm(input_ids=full, labels=full).loss
+
+
+def hf_fastact_version(model: HFCausalLM) -> HFCausalLM:
+    """The same model and weights, with fastact.transformers.apply."""
+    import fastact.transformers
+
+    model = copy.deepcopy(model)
+    fastact.transformers.apply(model.lm)
+    model.fastact_patched = model.lm.fastact_patched
+    return model
+
+
 def synthetic_batches(steps, batch, seq, vocab, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     # a learnable pattern: each next token is a fixed function of the previous one
@@ -134,17 +174,25 @@ def train(model, steps, batch, seq, vocab, device, lr=3e-3):
     return losses, times, peak
 
 
-def main(steps=200, batch=8, seq=64, vocab=512, dim=64, layers=2, dropout=0.0, device=None, verbose=True):
+def main(steps=200, batch=8, seq=64, vocab=512, dim=64, layers=2, dropout=0.0, device=None, verbose=True,
+         use_transformers=None):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if use_transformers is None:
+        use_transformers = transformers_available()
     torch.manual_seed(0)
-    eager = TinyLlama(vocab, dim, layers, hidden=int(dim * 8 / 3), dropout=dropout).to(device)
-    fused = fastact_version(eager)
+    if use_transformers:
+        eager = HFCausalLM(vocab, dim, layers, 4, int(dim * 8 / 3), dropout).to(device)
+        fused = hf_fastact_version(eager)
+    else:
+        eager = TinyLlama(vocab, dim, layers, hidden=int(dim * 8 / 3), dropout=dropout).to(device)
+        fused = fastact_version(eager)
     results = {}
     for name, model in (("eager", eager), ("fastact", fused)):
         torch.manual_seed(1)
         results[name] = train(model, steps, batch, seq, vocab, device)
     if verbose:
-        print(f"device {device}, fastact {fastact.__version__}, patched: {fused.fastact_patched}")
+        kind = "transformers LlamaForCausalLM" if use_transformers else "self-contained decoder"
+        print(f"{kind}, device {device}, fastact {fastact.__version__}, patched: {fused.fastact_patched}")
         print(f"{'step':>5} {'eager loss':>12} {'fastact loss':>13}")
         for i in range(0, steps, max(1, steps // 10)):
             print(f"{i:5d} {results['eager'][0][i]:12.5f} {results['fastact'][0][i]:13.5f}")
@@ -164,5 +212,7 @@ if __name__ == "__main__":
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--self-contained", action="store_true", help="the decoder defined here, not transformers'")
     a = ap.parse_args()
-    main(a.steps, a.batch, a.seq, a.vocab, a.dim, a.layers, a.dropout)
+    main(a.steps, a.batch, a.seq, a.vocab, a.dim, a.layers, a.dropout,
+         use_transformers=False if a.self_contained else None)
