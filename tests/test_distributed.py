@@ -135,9 +135,12 @@ class TinyLlama(nn.Module):
         return TF.cross_entropy(logits, target.flatten())
 
 
+DEVICE = "cpu"  # set per process by _worker ("cuda:<rank>" under NCCL)
+
+
 def make_model(dtype=torch.float64, loss_kind="torch"):
     torch.manual_seed(0)
-    model = TinyLlama().to(dtype)
+    model = TinyLlama().to(dtype).to(DEVICE)
     return fastactify(model, loss_kind) if loss_kind != "torch" else model
 
 
@@ -157,7 +160,7 @@ def fastactify(model, loss_kind="linear_ce"):
 
 def batch(step):
     g = torch.Generator().manual_seed(100 + step)
-    tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g).to(DEVICE)
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -200,10 +203,12 @@ def train_single_dp(model, dp):
     losses, micro0 = [], None
     for step in range(STEPS):
         x, y = batch(step)
-        state = torch.get_rng_state()
+        state = torch.get_rng_state(), (torch.cuda.get_rng_state() if DEVICE != "cpu" else None)
         micro = []
         for r in range(dp):
-            torch.set_rng_state(state)
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state(state[1])
             micro.append(model(x.chunk(dp)[r], y.chunk(dp)[r]))
         loss = sum(micro) / dp
         loss.backward()
@@ -215,7 +220,7 @@ def train_single_dp(model, dp):
 
 
 def mean_over(value, group=None):
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=DEVICE)
     dist.all_reduce(t, group=group)
     return float(t) / dist.get_world_size(group)
 
@@ -271,7 +276,7 @@ def scenario_tp(rank, world):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
-    mesh = init_device_mesh("cpu", (world,))
+    mesh = init_device_mesh(torch.device(DEVICE).type, (world,))
     out = {}
     for kind in ("torch", "linear_ce", "ce"):
         model = parallelize_module(make_model(loss_kind=kind), mesh, tp_plan())
@@ -285,7 +290,7 @@ def scenario_fsdp_tp(rank, world):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import parallelize_module
 
-    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "tp"))
+    mesh = init_device_mesh(torch.device(DEVICE).type, (2, world // 2), mesh_dim_names=("dp", "tp"))
     dp_rank = mesh["dp"].get_local_rank()
     shard = lambda t: t.chunk(2)[dp_rank]  # noqa: E731
     out = {}
@@ -311,7 +316,7 @@ def scenario_ops(rank, world):
     mesh = init_device_mesh("cpu", (world,))
     torch.manual_seed(0)
     res = {}
-    x = torch.randn(4, 2 * world, 3, dtype=torch.float64)
+    x = torch.randn(4, 2 * world, world, dtype=torch.float64)  # (even shards: see fastact.distributed)
     for pl in (Shard(0), Shard(1), Shard(2), Replicate()):
         for name, fn in (("gelu", lambda t: F.gelu(t, approximate="tanh")), ("silu", F.silu),
                          ("softplus", lambda t: F.softplus(t, 2.0)), ("relu_", lambda t: F.relu(t.clone(), True))):
@@ -432,7 +437,11 @@ def shard_key(seed, k):
     return key - (1 << 64) if key >= (1 << 63) else key
 
 
-def _worker(rank, world, scenarios):
+def _worker(rank, world, scenarios, device="cpu"):
+    global DEVICE
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        DEVICE = f"cuda:{rank}"
     out = {}
     for name in scenarios:
         torch.manual_seed(0)
@@ -492,3 +501,22 @@ def test_gloo(world):
     scenarios = ["ops", "ddp", "fsdp", "fsdp_mp", "tp"] + (["fsdp_tp"] if world == 4 else [])
     outs = spawn(_worker, world, scenarios, timeout=240)
     check_all(outs, world)
+
+
+def check_nccl(outs, world):
+    per_rank = lambda name: [o[name] for o in outs]  # noqa: E731
+    check_dp(per_rank("ddp"), world, "ddp")
+    check_dp(per_rank("fsdp"), world, "fsdp")
+    for rank in range(world):
+        tp = outs[rank]["tp"]
+        for kind in ("linear_ce", "ce"):
+            assert close64(tp[kind][0], tp["torch"][0]), (rank, kind, tp[kind][0], tp["torch"][0])
+            assert close64(tp[kind][0], tp["single"][0]), (rank, kind, tp[kind][0], tp["single"][0])
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="no CUDA device / NCCL")
+def test_nccl():
+    # one rank per GPU (NCCL does not share a device between ranks)
+    world = min(2, torch.cuda.device_count())
+    outs = spawn(_worker, world, ["ddp", "fsdp", "tp"], "cuda", backend="nccl", timeout=240)
+    check_nccl(outs, world)

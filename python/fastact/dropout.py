@@ -65,15 +65,30 @@ def _bias_grad(grad_input: Tensor, bias: Tensor) -> Tensor:
     return grad_input.reshape(-1, bias.shape[0]).sum(0, dtype=acc).to(bias.dtype)
 
 
+def _keep_placement(ctx, output):
+    """On DTensors the mask belongs to the output's placement (the shard index
+    chose it): backward first places the gradient alike."""
+    ctx.placements = output.placements if is_dtensor(output) else None
+
+
+def _placed(ctx, grad):
+    if ctx.placements is None or not is_dtensor(grad):
+        return grad
+    from .distributed import align
+
+    return align(grad, ctx.placements)
+
+
 def _dropout_setup(ctx, inputs, output):
     _, p, seed = inputs
     ctx.save_for_backward(seed)
     ctx.p = p
+    _keep_placement(ctx, output)
 
 
 def _dropout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    return _ops.dropout(grad, ctx.p, seed), None, None
+    return _ops.dropout(_placed(ctx, grad), ctx.p, seed), None, None
 
 
 register_autograd("fastact::dropout", _dropout_backward, setup_context=_dropout_setup)
@@ -83,11 +98,12 @@ def _dropout_add_setup(ctx, inputs, output):
     _, _, p, seed = inputs
     ctx.save_for_backward(seed)
     ctx.p = p
+    _keep_placement(ctx, output)
 
 
 def _dropout_add_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    return _ops.dropout(grad, ctx.p, seed), grad, None, None
+    return _ops.dropout(_placed(ctx, grad), ctx.p, seed), grad, None, None
 
 
 register_autograd("fastact::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup)
@@ -97,11 +113,12 @@ def _bias_dropout_add_setup(ctx, inputs, output):
     _, bias, _, p, seed = inputs
     ctx.save_for_backward(seed, bias)
     ctx.p = p
+    _keep_placement(ctx, output)
 
 
 def _bias_dropout_add_backward(ctx, grad):
     seed, bias = ctx.saved_tensors
-    grad_input = _ops.dropout(grad, ctx.p, seed)
+    grad_input = _ops.dropout(_placed(ctx, grad), ctx.p, seed)
     grad_bias = _bias_grad(grad_input, bias) if bias is not None and ctx.needs_input_grad[1] else None
     return grad_input, grad_bias, grad, None, None
 
@@ -114,11 +131,12 @@ def _bias_act_dropout_setup(ctx, inputs, output):
     input, bias, activation, p, seed = inputs
     ctx.save_for_backward(input, bias, seed)
     ctx.activation, ctx.p = activation, p
+    _keep_placement(ctx, output)
 
 
 def _bias_act_dropout_backward(ctx, grad):
     input, bias, seed = ctx.saved_tensors
-    grad_input = _ops.bias_act_dropout_backward(grad, input, bias, ctx.activation, ctx.p, seed)
+    grad_input = _ops.bias_act_dropout_backward(_placed(ctx, grad), input, bias, ctx.activation, ctx.p, seed)
     grad_bias = _bias_grad(grad_input, bias) if bias is not None and ctx.needs_input_grad[1] else None
     return grad_input, grad_bias, None, None, None
 
