@@ -338,7 +338,7 @@ def scenario_ops(rank, world):
     res["dropout partial"] = dp_.placements == (Partial(),) and torch.allclose(dp_.full_tensor(), F.dropout(full, 0.5))
 
     # GLU: two tensors on the hidden dim (and others), packed as [gate_r | up_r]
-    g, u = torch.randn(3, 4, 2 * world, dtype=torch.float64), torch.randn(3, 4, 2 * world, dtype=torch.float64)
+    g, u = (torch.randn(world, 4, 2 * world, dtype=torch.float64) for _ in range(2))
     for pl in (Shard(2), Shard(0), Replicate()):
         gd, ud = (distribute_tensor(t, mesh, [pl]).requires_grad_(True) for t in (g, u))
         gf, uf = g.clone().requires_grad_(True), u.clone().requires_grad_(True)

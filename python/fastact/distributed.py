@@ -34,6 +34,11 @@ torch's own ops):
   sharded input: they run the collectives of ``vocab_parallel_cross_entropy``
   (:func:`cross_entropy_vocab_parallel`, :func:`linear_cross_entropy_vocab_parallel`).
 - ``mse_loss`` ops: elementwise; the summed form gives a ``Partial`` sum.
+
+As for every rule registered through ``register_sharding``, DTensor offers a
+``Shard`` strategy only where the dim divides evenly over the mesh; an
+unevenly sharded input is replicated first (correct, but gathered; an
+in-place op on it raises, as DTensor does for torch's in-place ops).
 """
 from __future__ import annotations
 
