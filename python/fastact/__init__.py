@@ -13,6 +13,9 @@ else:
 from . import ops as _ops  # noqa: F401  (fake kernels and autograd)
 from . import functional, nn  # noqa: F401
 
+if torch.distributed.is_available():
+    from . import distributed  # noqa: F401  (DTensor sharding rules of every op)
+
 __version__ = "0.1.0"
 
 __all__ = ["functional", "nn", "cuda_compiled", "build_info", "__version__"]

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.library import register_autograd, register_fake
 
+from ._dtensor import is_dtensor
+
 _ops = torch.ops.fastact
 
 __all__ = ["cross_entropy"]
@@ -127,8 +129,19 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
             raise ValueError(f"fastact.cross_entropy: target must have shape {tuple(expected)} for input "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
     rows, tgt, loss_shape = _as_rows(input, target)
-    loss, _ = _ops.cross_entropy_rows(rows, tgt, weight, int(ignore_index), float(label_smoothing),
-                                      float(z_loss), float(softcap) if softcap is not None else 0.0)
+    loss = None
+    if is_dtensor(rows):
+        # logits sharded on the class dim: the vocabulary-parallel loss (the
+        # role of torch's loss_parallel()), never gathering the logits
+        from .distributed import cross_entropy_vocab_parallel
+
+        out = cross_entropy_vocab_parallel(rows, tgt, weight, prob, ignore_index, label_smoothing, z_loss,
+                                           softcap)
+        if out is not None:
+            loss, tgt = out
+    if loss is None:
+        loss, _ = _ops.cross_entropy_rows(rows, tgt, weight, int(ignore_index), float(label_smoothing),
+                                          float(z_loss), float(softcap) if softcap is not None else 0.0)
     if reduction == "none":
         return loss.view(loss_shape).to(input.dtype)
     if reduction == "sum":

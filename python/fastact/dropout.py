@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.library import register_autograd, register_fake
 
+from ._dtensor import is_dtensor
+
 _ops = torch.ops.fastact
 
 __all__ = ["dropout", "dropout_add", "bias_dropout_add", "bias_act_dropout", "dropout_mask"]
@@ -63,15 +65,30 @@ def _bias_grad(grad_input: Tensor, bias: Tensor) -> Tensor:
     return grad_input.reshape(-1, bias.shape[0]).sum(0, dtype=acc).to(bias.dtype)
 
 
+def _keep_placement(ctx, output):
+    """On DTensors the mask belongs to the output's placement (the shard index
+    chose it): backward first places the gradient alike."""
+    ctx.placements = output.placements if is_dtensor(output) else None
+
+
+def _placed(ctx, grad):
+    if ctx.placements is None or not is_dtensor(grad):
+        return grad
+    from .distributed import align
+
+    return align(grad, ctx.placements)
+
+
 def _dropout_setup(ctx, inputs, output):
     _, p, seed = inputs
     ctx.save_for_backward(seed)
     ctx.p = p
+    _keep_placement(ctx, output)
 
 
 def _dropout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    return _ops.dropout(grad, ctx.p, seed), None, None
+    return _ops.dropout(_placed(ctx, grad), ctx.p, seed), None, None
 
 
 register_autograd("fastact::dropout", _dropout_backward, setup_context=_dropout_setup)
@@ -81,11 +98,12 @@ def _dropout_add_setup(ctx, inputs, output):
     _, _, p, seed = inputs
     ctx.save_for_backward(seed)
     ctx.p = p
+    _keep_placement(ctx, output)
 
 
 def _dropout_add_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    return _ops.dropout(grad, ctx.p, seed), grad, None, None
+    return _ops.dropout(_placed(ctx, grad), ctx.p, seed), grad, None, None
 
 
 register_autograd("fastact::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup)
@@ -95,11 +113,12 @@ def _bias_dropout_add_setup(ctx, inputs, output):
     _, bias, _, p, seed = inputs
     ctx.save_for_backward(seed, bias)
     ctx.p = p
+    _keep_placement(ctx, output)
 
 
 def _bias_dropout_add_backward(ctx, grad):
     seed, bias = ctx.saved_tensors
-    grad_input = _ops.dropout(grad, ctx.p, seed)
+    grad_input = _ops.dropout(_placed(ctx, grad), ctx.p, seed)
     grad_bias = _bias_grad(grad_input, bias) if bias is not None and ctx.needs_input_grad[1] else None
     return grad_input, grad_bias, grad, None, None
 
@@ -112,11 +131,12 @@ def _bias_act_dropout_setup(ctx, inputs, output):
     input, bias, activation, p, seed = inputs
     ctx.save_for_backward(input, bias, seed)
     ctx.activation, ctx.p = activation, p
+    _keep_placement(ctx, output)
 
 
 def _bias_act_dropout_backward(ctx, grad):
     input, bias, seed = ctx.saved_tensors
-    grad_input = _ops.bias_act_dropout_backward(grad, input, bias, ctx.activation, ctx.p, seed)
+    grad_input = _ops.bias_act_dropout_backward(_placed(ctx, grad), input, bias, ctx.activation, ctx.p, seed)
     grad_bias = _bias_grad(grad_input, bias) if bias is not None and ctx.needs_input_grad[1] else None
     return grad_input, grad_bias, None, None, None
 
@@ -133,7 +153,31 @@ def _check_p(p: float, op: str) -> None:
 
 
 def _seed(input: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    if is_dtensor(input):
+        # one stream per shard (fastact.distributed.dtensor_seed)
+        from .distributed import dtensor_seed
+
+        return dtensor_seed(input, generator)
     return _ops._philox_seed(input, generator)
+
+
+def _aligned(input: Tensor, residual: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+             linear: bool = True):
+    """DTensor operands placed so that the op runs on the input's own
+    placement (its shard index chose the mask): the residual as the input,
+    the bias sharded with the input's last dim; a non-linear op's Partial
+    input reduced first. Plain tensors pass through."""
+    if not is_dtensor(input):
+        return input, residual, bias
+    from .distributed import align, bias_placements, reduce_partial
+
+    if not linear:
+        input = reduce_partial(input)
+    if is_dtensor(residual):
+        residual = align(residual, input.placements)
+    if is_dtensor(bias):
+        bias = align(bias, bias_placements(input))
+    return input, residual, bias
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
@@ -158,6 +202,7 @@ def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool 
     _check_p(p, "dropout_add")
     if not training or p == 0:
         return residual + input
+    input, residual, _ = _aligned(input, residual)
     return _ops.dropout_add(input, residual, float(p), _seed(input, generator))
 
 
@@ -167,6 +212,7 @@ def bias_dropout_add(input: Tensor, bias: Tensor, residual: Tensor, p: float = 0
     _check_p(p, "bias_dropout_add")
     if not training or p == 0:
         return residual + (input + bias)
+    input, residual, bias = _aligned(input, residual, bias)
     return _ops.bias_dropout_add(input, bias, residual, float(p), _seed(input, generator))
 
 
@@ -176,9 +222,15 @@ def bias_act_dropout(input: Tensor, bias: Optional[Tensor] = None, activation: s
     """``dropout(act(input + bias))`` in one pass; ``activation`` names any
     fastact activation that takes only the input (e.g. 'gelu', 'silu', 'relu')."""
     _check_p(p, "bias_act_dropout")
+    input, _, bias = _aligned(input, None, bias, linear=False)
     if not training or p == 0:
         # p = 0 keeps every element whatever the stream: no random numbers drawn
         seed = torch.zeros(2, dtype=torch.int64, device=input.device)
+        if is_dtensor(input):
+            from torch.distributed.tensor import DTensor, Replicate
+
+            seed = DTensor.from_local(seed, input.device_mesh, [Replicate()] * input.device_mesh.ndim,
+                                      run_check=False)
         return _ops.bias_act_dropout(input, bias, activation, 0.0, seed)
     return _ops.bias_act_dropout(input, bias, activation, float(p), _seed(input, generator))
 

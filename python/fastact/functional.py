@@ -10,6 +10,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from ._dtensor import is_dtensor
+
 __all__ = [
     "relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu",
     "mish", "sigmoid", "tanh", "logsigmoid", "hardswish", "hardsigmoid", "hardtanh",
@@ -52,7 +54,17 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
 def _rrelu_seed(input: Tensor) -> Tensor:
     # (seed, offset) of the Philox stream of the slopes, drawn from the CPU
     # default generator, so torch.manual_seed makes rrelu reproducible.
-    return torch.randint(-(2**62), 2**62, (2,), dtype=torch.int64, device="cpu")
+    seed = torch.randint(-(2**62), 2**62, (2,), dtype=torch.int64, device="cpu")
+    if is_dtensor(input):
+        # one stream per shard, as dropout (fastact.distributed.dtensor_seed)
+        from torch.distributed.tensor import DTensor, Replicate
+
+        from .distributed import DROPOUT_KEY_STEP, shard_linear_index
+
+        step = (shard_linear_index(input) * DROPOUT_KEY_STEP) % (1 << 64)
+        seed[0] ^= step - (1 << 64) if step >= (1 << 63) else step
+        seed = DTensor.from_local(seed, input.device_mesh, [Replicate()] * input.device_mesh.ndim, run_check=False)
+    return seed
 
 
 def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,

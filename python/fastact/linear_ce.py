@@ -8,6 +8,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ._dtensor import is_dtensor
 from .cross_entropy import prob_target_grad
 
 _ops = torch.ops.fastact
@@ -243,6 +244,20 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         raise ValueError(f"{op}: accum_dtype must be None, float32, float64 or the weight's dtype, got "
                          f"{accum_dtype}")
 
+    if is_dtensor(linear_weight):
+        # a column-parallel LM head (weight sharded on the vocabulary)
+        if weight is not None or softcap or prob or out_features or not batched:
+            raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, softcap, probability "
+                                      f"targets, out_features and unbatched input are not supported")
+        from .distributed import linear_cross_entropy_vocab_parallel
+
+        if chunk_size is None:
+            chunk_size = _options_chunk(options)
+        return linear_cross_entropy_vocab_parallel(input, linear_weight, target, linear_bias, reduction,
+                                                   ignore_index, label_smoothing, z_loss, chunk_size)
+    if is_dtensor(input):
+        raise NotImplementedError(f"{op}: a DTensor input needs a DTensor linear_weight (sharded on the "
+                                  f"vocabulary)")
     hidden, lin_w, lin_b = input.reshape(n, in_features), linear_weight, linear_bias
     device_type = hidden.device.type
     out_dtype = hidden.dtype
@@ -305,56 +320,72 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     return total.to(out_dtype)
 
 
-class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Per-row losses of vocabulary-sliced logits, in float32 (float64 for
+def _vp_rows_forward(logits, target, group, start, v, ignore_index, smoothing, z_loss):
+    """Per-row losses of the vocabulary slice ``logits`` [n, v_local] holding
+    global columns [start, start + v_local) of [n, v], in float32 (float64 for
     float64 logits), every term relative to the global row max m (shift
     invariance, as the row kernels): log s - (z_t - m), with s the all-reduced
-    sum of exp(z - m). Saves the slice itself (no float32 copy), m and log s;
-    the target's logit is gathered with a mask, never with nonzero(), so
-    nothing syncs with the host."""
+    sum of exp(z - m). Four all-reduces of (n,) vectors over ``group``; the
+    target's logit is gathered with a mask, never with nonzero(), so nothing
+    syncs with the host. Returns (loss, m, log s)."""
+    import torch.distributed as dist
+
+    n, v_local = logits.shape
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    m = logits.max(1).values.to(acc) if v_local else logits.new_full((n,), float("-inf"), dtype=acc)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    x = logits.to(acc) - m_safe[:, None]  # transient: backward recomputes from the logits
+    sum_exp = torch.exp(x).sum(1)
+    dist.all_reduce(sum_exp, group=group)
+    log_s = torch.log(sum_exp)
+    idx, mine = _vp_local_target(target, start, v_local, ignore_index)
+    picked = x.gather(1, idx[:, None]).squeeze(1) if v_local else m.new_zeros(n)
+    z_t = torch.where(mine, picked, torch.zeros_like(picked))  # z_t - m
+    dist.all_reduce(z_t, group=group)
+    sum_z = x.sum(1)  # sum_c (z_c - m)
+    del x
+    dist.all_reduce(sum_z, group=group)
+    lse = m_safe + log_s
+    loss = (1 - smoothing) * (log_s - z_t) + smoothing * (log_s - sum_z / v) + z_loss * lse * lse
+    loss = torch.where(target != ignore_index, loss, torch.zeros_like(loss))
+    return loss, m_safe, log_s
+
+
+def _vp_local_target(target, start, v_local, ignore_index):
+    """(column of the target in this slice, clamped; whether the slice holds it)."""
+    local_t = target - start
+    mine = (local_t >= 0) & (local_t < v_local) & (target != ignore_index)
+    return torch.where(mine, local_t, torch.zeros_like(local_t)), mine
+
+
+def _vp_rows_grad(logits, target, m, log_s, grad_rows, start, v, ignore_index, smoothing, z_loss):
+    """d(sum_r grad_rows[r] * loss[r]) / d(logits slice), in m's dtype; local (no collective)."""
+    idx, mine = _vp_local_target(target, start, logits.shape[1], ignore_index)
+    p = torch.exp((logits.to(m.dtype) - m[:, None]) - log_s[:, None])
+    d = p * (1 + 2 * z_loss * (m + log_s)[:, None]) - smoothing / v
+    if d.shape[1]:
+        d.scatter_add_(1, idx[:, None], (-(1 - smoothing) * mine.to(d.dtype))[:, None])
+    return d * (grad_rows.to(d.dtype) * (target != ignore_index))[:, None]
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-row losses of vocabulary-sliced logits (:func:`_vp_rows_forward`).
+    Saves the slice itself (no float32 copy), m and log s. ``start`` is the
+    slice's first global column, ``v`` the global vocabulary."""
 
     @staticmethod
-    def forward(ctx, logits, target, group, ignore_index, smoothing, z_loss):
-        import torch.distributed as dist
-
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        n, v_local = logits.shape
-        v = v_local * world
-        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        m = logits.max(1).values.to(acc) if v_local else logits.new_full((n,), float("-inf"), dtype=acc)
-        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        x = logits.to(acc) - m_safe[:, None]  # transient: backward recomputes from the saved logits
-        sum_exp = torch.exp(x).sum(1)
-        dist.all_reduce(sum_exp, group=group)
-        log_s = torch.log(sum_exp)
-        local_t = target - rank * v_local
-        mine = (local_t >= 0) & (local_t < v_local) & (target != ignore_index)
-        idx = torch.where(mine, local_t, torch.zeros_like(local_t))
-        picked = x.gather(1, idx[:, None]).squeeze(1) if v_local else m.new_zeros(n)
-        z_t = torch.where(mine, picked, torch.zeros_like(picked))  # z_t - m
-        dist.all_reduce(z_t, group=group)
-        sum_z = x.sum(1)  # sum_c (z_c - m)
-        del x
-        dist.all_reduce(sum_z, group=group)
-        counted = target != ignore_index
-        lse = m_safe + log_s
-        loss = (1 - smoothing) * (log_s - z_t) + smoothing * (log_s - sum_z / v) + z_loss * lse * lse
-        loss = torch.where(counted, loss, torch.zeros_like(loss))
-        ctx.save_for_backward(logits, m_safe, log_s, idx, mine, counted)
-        ctx.options = (v, smoothing, z_loss)
+    def forward(ctx, logits, target, group, start, v, ignore_index, smoothing, z_loss):
+        loss, m, log_s = _vp_rows_forward(logits, target, group, start, v, ignore_index, smoothing, z_loss)
+        ctx.save_for_backward(logits, target, m, log_s)
+        ctx.options = (start, v, ignore_index, smoothing, z_loss)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        logits, m, log_s, idx, mine, counted = ctx.saved_tensors
-        v, smoothing, z_loss = ctx.options
-        p = torch.exp((logits.to(m.dtype) - m[:, None]) - log_s[:, None])
-        d = p * (1 + 2 * z_loss * (m + log_s)[:, None]) - smoothing / v
-        if d.shape[1]:
-            d.scatter_add_(1, idx[:, None], (-(1 - smoothing) * mine.to(d.dtype))[:, None])
-        d = d * (grad_loss.to(d.dtype) * counted)[:, None]
-        return d.to(logits.dtype), None, None, None, None, None
+        logits, target, m, log_s = ctx.saved_tensors
+        d = _vp_rows_grad(logits, target, m, log_s, grad_loss, *ctx.options)
+        return (d.to(logits.dtype),) + (None,) * 7
 
 
 def vocab_parallel_cross_entropy(logits: Tensor, target: Tensor, group=None, ignore_index: int = -100,
@@ -368,8 +399,11 @@ def vocab_parallel_cross_entropy(logits: Tensor, target: Tensor, group=None, ign
     the gathered logits."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"fastact.vocab_parallel_cross_entropy: bad reduction {reduction!r}")
-    lead = logits.shape[:-1]
-    loss = _VocabParallelCrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), group,
+    import torch.distributed as dist
+
+    lead, v_local = logits.shape[:-1], logits.shape[-1]
+    start, v = dist.get_rank(group) * v_local, v_local * dist.get_world_size(group)
+    loss = _VocabParallelCrossEntropy.apply(logits.reshape(-1, v_local), target.reshape(-1), group, start, v,
                                             int(ignore_index), float(label_smoothing), float(z_loss))
     if reduction == "none":
         return loss.view(lead).to(logits.dtype)

@@ -180,10 +180,13 @@ def _rrelu_setup(ctx, inputs, output):
     x, lower, upper, seed = inputs
     ctx.save_for_backward(x, seed)
     ctx.bounds = (lower, upper)
+    ctx.placements = getattr(output, "placements", None)  # a DTensor's: the slopes belong to it
 
 
 def _rrelu_backward(ctx, grad):
     x, seed = ctx.saved_tensors
+    if ctx.placements is not None and tuple(grad.placements) != tuple(ctx.placements):
+        grad = grad.redistribute(grad.device_mesh, ctx.placements)
     dx = torch.ops.fastact.rrelu_train_backward(grad, x, *ctx.bounds, seed)
     return dx, None, None, None
 
