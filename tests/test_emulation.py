@@ -374,3 +374,40 @@ def test_launch_table_for_the_log(capsys):
         print(f"  {'cross_entropy 4 x 131075':28s} {len(fwd)} {[k.split('<')[0] for k in fwd]} | {len(bwd)} "
               f"{[k.split('<')[0] for k in bwd]}   (split rows: forward + merge)")
         assert len(fwd) == 2 and len(bwd) == 1
+
+
+def _shifted(*shape):
+    """A contiguous tensor whose data starts 4 bytes past a 16-byte boundary."""
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.randn(n + 1)[1:].view(shape)
+
+
+def test_scalar_paths_of_the_row_kernels():
+    # misaligned rows take each row kernel's VEC = 1 instantiation: reached,
+    # and right (the suite's other cases mostly run the vector paths)
+    x = _shifted(5, 1001).requires_grad_(True)
+    t = torch.randint(0, 1001, (5,))
+    names = _count(lambda: F.cross_entropy(x, t).backward())
+    # the forward walks each row from its own 16-byte boundary (one operand);
+    # the backward writes a fresh, aligned gradient: another alignment, VEC = 1
+    assert names[0].startswith("ce_forward_kernel<kVec"), names
+    assert names[1].startswith("ce_backward_index_kernel<1"), names
+    xr = x.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(xr, t).backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+
+    g = _shifted(5, 1001)
+    y = F.softmax(x.detach(), -1)
+    shifted_y = _shifted(5, 1001)
+    shifted_y.copy_(y)
+    names = _count(lambda: OPS.softmax_rows_backward(g, shifted_y, False))
+    assert names[0].startswith("softmax_backward_kernel<1"), names
+    torch.testing.assert_close(OPS.softmax_rows_backward(g, shifted_y, False),
+                               torch.ops.aten._softmax_backward_data(g, y, -1, torch.float32))
+
+    a, b = _shifted(33, 101), torch.randn(33, 101)
+    names = _count(lambda: OPS.squared_difference_sum(a, b))
+    assert names[0].startswith("sqdiff_partial_kernel<1"), names
+    torch.testing.assert_close(OPS.squared_difference_sum(a, b), ((a.double() - b.double()) ** 2).sum().float())
