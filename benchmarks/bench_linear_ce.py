@@ -13,7 +13,7 @@ import torch
 
 import fastact.functional as F
 
-from harness import Row
+from harness import RSS_PEAK_PRELUDE, Row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SIZE = (2048, 512, 32000)
@@ -33,12 +33,7 @@ torch.manual_seed(0)
 x = torch.randn(n, h, requires_grad=True, dtype=dtype)
 w = (torch.randn(v, h) / h ** 0.5).to(dtype).requires_grad_(True)
 t = torch.randint(0, v, (n,))
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS (VmHWM) to the current RSS
-before = status("VmRSS")
+{rss_prelude}
 start = time.perf_counter()
 if {impl!r} == "fastact":
     loss = F.linear_cross_entropy(x, w, t)
@@ -55,7 +50,8 @@ print(time.perf_counter() - start, status("VmHWM") - before)
 
 def cpu_peak(impl: str, size, dtype: str = "float32"):
     """(seconds of one fwd+bwd, peak extra RSS in MB) in a fresh subprocess."""
-    code = _PEAK_SCRIPT.format(python=os.path.join(ROOT, "python"), size=tuple(size), impl=impl, dtype=dtype)
+    code = _PEAK_SCRIPT.format(python=os.path.join(ROOT, "python"), size=tuple(size), impl=impl, dtype=dtype,
+                               rss_prelude=RSS_PEAK_PRELUDE)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seconds, peak = out.stdout.strip().splitlines()[-1].split()
     return float(seconds), float(peak)

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from harness import Row
+from harness import RSS_PEAK_PRELUDE, Row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -76,12 +76,7 @@ import bench_transformers as b
 model = b.make_model("cpu", getattr(torch, {dtype!r}), {config!r}, patched={patched!r})
 ids, labels = b.make_batch("cpu", b.VOCAB, *{tokens!r})
 b.train_step(model, ids, labels)  # gradients allocated once, as in a training loop
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS (VmHWM) to the current RSS
-before = status("VmRSS")
+{rss_prelude}
 b.train_step(model, ids, labels)
 print(status("VmHWM") - before)
 """
@@ -90,7 +85,7 @@ print(status("VmHWM") - before)
 def cpu_rss_peak(patched, dtype, config, tokens):
     code = _RSS_SCRIPT.format(bench=os.path.dirname(os.path.abspath(__file__)), python=os.path.join(ROOT, "python"),
                               dtype=str(dtype).replace("torch.", ""), config=config, patched=patched,
-                              tokens=tuple(tokens))
+                              tokens=tuple(tokens), rss_prelude=RSS_PEAK_PRELUDE)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -299,3 +299,16 @@ def time_cases(op: str, x: torch.Tensor, impls: dict, timer: Timer, copy_gbps: f
     for r in rows:
         r.speedup_vs_eager = eager_ms[r.case] / r.ms
     return rows
+
+
+# For the scripts that measure a peak RSS in a subprocess: status(key) reads a
+# /proc/self/status field in MiB; the peak (VmHWM) is reset to the current RSS
+# and `before` holds it, so status("VmHWM") - before is what the code after adds.
+RSS_PEAK_PRELUDE = """
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
+"""
