@@ -13,6 +13,7 @@
 #include "fastact/elementwise.h"
 #include "fastact/macros.h"
 #include "fastact/philox.h"
+#include "cpu/half_convert.h"
 
 namespace fastact {
 
@@ -34,6 +35,42 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
   const S* const i3 = NIN > 3 ? in[3] : nullptr;
   S* const o0 = out[0];
   S* const o1 = NOUT > 1 ? out[1] : nullptr;
+  if constexpr (half_convert::is_narrow<S>) {
+    // bfloat16/float16: blocks widened into float arrays, the op's float
+    // loop over them (vectorized as for float tensors), then narrowed.
+    namespace hc = half_convert;
+    constexpr int64_t kBlock = 512;
+    alignas(64) T xb[NIN][kBlock];
+    alignas(64) T yb[NOUT][kBlock];
+    for (int64_t b = 0; b < count; b += kBlock) {
+      const int64_t n = std::min(kBlock, count - b);
+      hc::widen_n(i0 + b, xb[0], n);
+      if constexpr (NIN > 1) hc::widen_n(i1 + b, xb[1], n);
+      if constexpr (NIN > 2) hc::widen_n(i2 + b, xb[2], n);
+      if constexpr (NIN > 3) hc::widen_n(i3 + b, xb[3], n);
+      const T* const x0 = xb[0];
+      const T* const x1 = xb[NIN > 1 ? 1 : 0];
+      const T* const x2 = xb[NIN > 2 ? 2 : 0];
+      const T* const x3 = xb[NIN > 3 ? 3 : 0];
+      T* const y0 = yb[0];
+      T* const y1 = yb[NOUT > 1 ? 1 : 0];
+#pragma GCC ivdep
+      for (int64_t j = 0; j < n; ++j) {
+        T x[NIN];
+        T y[NOUT];
+        x[0] = x0[j];
+        if constexpr (NIN > 1) x[1] = x1[j];
+        if constexpr (NIN > 2) x[2] = x2[j];
+        if constexpr (NIN > 3) x[3] = x3[j];
+        local_op(index + b + j, x, y);
+        y0[j] = y[0];
+        if constexpr (NOUT > 1) y1[j] = y[1];
+      }
+      hc::narrow_n(yb[0], o0 + b, n);
+      if constexpr (NOUT > 1) hc::narrow_n(yb[1], o1 + b, n);
+    }
+    return;
+  }
 #pragma GCC ivdep
   for (int64_t j = 0; j < count; ++j) {
     T x[NIN];
@@ -83,19 +120,45 @@ FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const
   const S* const i2 = NIN > 2 ? in[2] : nullptr;
   S* const o0 = out[0];
   float u[kBlock];
+  // bfloat16/float16 operands widened into float blocks first (see
+  // cpu_elementwise_segment); other types are read and written in place.
+  constexpr bool kNarrow = half_convert::is_narrow<S>;
+  using X = std::conditional_t<kNarrow, T, S>;
+  using Y = X;
+  alignas(64) T xb[kNarrow ? NIN : 1][kNarrow ? kBlock : 1];
+  alignas(64) T yb[kNarrow ? kBlock : 1];
   for (int64_t b = 0; b < count; b += kBlock) {
     const int64_t n = std::min(kBlock, count - b);
     fill_uniforms(seed, offset, index + b, n, u);
+    const X* x0;
+    const X* x1;
+    const X* x2;
+    Y* y0;
+    if constexpr (kNarrow) {
+      half_convert::widen_n(i0 + b, xb[0], n);
+      if constexpr (NIN > 1) half_convert::widen_n(i1 + b, xb[NIN > 1 ? 1 : 0], n);
+      if constexpr (NIN > 2) half_convert::widen_n(i2 + b, xb[NIN > 2 ? 2 : 0], n);
+      x0 = xb[0];
+      x1 = xb[NIN > 1 ? 1 : 0];
+      x2 = xb[NIN > 2 ? 2 : 0];
+      y0 = yb;
+    } else {
+      x0 = i0 + b;
+      x1 = NIN > 1 ? i1 + b : nullptr;
+      x2 = NIN > 2 ? i2 + b : nullptr;
+      y0 = o0 + b;
+    }
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
       T x[NIN];
       T y[1];
-      x[0] = static_cast<T>(i0[b + j]);
-      if constexpr (NIN > 1) x[1] = static_cast<T>(i1[b + j]);
-      if constexpr (NIN > 2) x[2] = static_cast<T>(i2[b + j]);
+      x[0] = static_cast<T>(x0[j]);
+      if constexpr (NIN > 1) x[1] = static_cast<T>(x1[j]);
+      if constexpr (NIN > 2) x[2] = static_cast<T>(x2[j]);
       local_op(index + b + j, u[j], x, y);
-      o0[b + j] = static_cast<S>(y[0]);
+      y0[j] = static_cast<Y>(y[0]);
     }
+    if constexpr (half_convert::is_narrow<S>) half_convert::narrow_n(yb, o0 + b, n);
   }
 }
 
