@@ -82,16 +82,38 @@ def _register_double_backward(op: str, n_in: int, ref) -> None:
     register_autograd(f"fastact::{op}", backward, setup_context=setup)
 
 
+# Activations whose derivative is a polynomial in the output (sigmoid: y (1 -
+# y), tanh: 1 - y^2): for bfloat16/float16 CPU tensors backward uses the
+# saved output, as torch does (same memory: one tensor of the input's size),
+# instead of recomputing exp/tanh per element, which costs 3-4x more there
+# (measured: bf16 sigmoid backward 4.7 ms vs 1.5 ms at 8M elements). The
+# gradient is torch's own formula and kernel for the output. float32/64 and
+# CUDA recompute from the input (memory-bound there: recomputing is free).
+_FROM_OUTPUT = {"sigmoid": torch.ops.aten.sigmoid_backward.default,
+                "tanh": torch.ops.aten.tanh_backward.default}
+
+
+def _backward_from_output(name: str, x: torch.Tensor) -> bool:
+    return name in _FROM_OUTPUT and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+
+
 def _register_activation(name: str) -> None:
     backward_op = getattr(torch.ops.fastact, name + "_backward").default
+    from_output = _FROM_OUTPUT.get(name)
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
+        ctx.from_output = _backward_from_output(name, inputs[0])
+        ctx.save_for_backward(output if ctx.from_output else inputs[0])
         ctx.params = tuple(inputs[1:])
 
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        dx = backward_op(grad, x, *ctx.params) if ctx.needs_input_grad[0] else None
+        (saved,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            dx = None
+        elif ctx.from_output:
+            dx = from_output(grad, saved)
+        else:
+            dx = backward_op(grad, saved, *ctx.params)
         return (dx,) + (None,) * len(ctx.params)
 
     register_fake(f"fastact::{name}")(_fake_forward)
