@@ -394,3 +394,36 @@ def test_vocab_parallel_nccl():
             res = torch.load(f"{result}.{rank}")
             for case, (loss_ok, grad_ok) in res.items():
                 assert loss_ok and grad_ok, (rank, case, loss_ok, grad_ok)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("tokens", [0, 3])
+def test_no_counted_token(reduction, tokens):
+    # no tokens, or every token ignored: torch's loss (NaN for a mean over
+    # nothing, 0 for a sum) and zero gradients, without a crash in backward
+    torch.manual_seed(0)
+    x = torch.randn(tokens, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.full((tokens,), -100)
+    ours = F.linear_cross_entropy(x, w, t, reduction=reduction)
+    theirs = unfused(x, w, t, reduction=reduction)
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+    gx, gw = torch.autograd.grad(ours.sum(), (x, w))
+    assert gx.shape == x.shape and gw.shape == w.shape
+    assert not gx.any() and not gw.any()
+
+
+def test_cpu_default_chunk_follows_torch_rule():
+    # the CPU chunk buffer is torch's "aspect_ratio" size (the peak-memory
+    # contract with torch's chunked path), 4x for bf16/fp16 run in float32
+    from fastact.linear_ce import _chunk_rows
+
+    assert _chunk_rows(2048, 32000, 512, 4, None, "cpu") == 64
+    assert _chunk_rows(8192, 128256, 256, 4, None, "cpu", widened=True) == 4 * 32
+    assert _chunk_rows(10, 100, 512, 4, None, "cpu") == 10
+    assert _chunk_rows(2048, 32000, 512, 4, 7, "cpu") == 7
+    options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    if options is not None:
+        for n, h, v in ((2048, 512, 32000), (8192, 256, 128256), (1024, 256, 16000), (37, 64, 1000)):
+            theirs = options()._adjust(n, h, v, torch.float32, torch.device("cpu")).batch_chunk_size
+            assert _chunk_rows(n, v, h, 4, None, "cpu") == theirs

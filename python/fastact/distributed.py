@@ -531,11 +531,13 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
         target.to_local() if isinstance(target, DTensor) else target)
     n = hidden.shape[0]
     dtype = hidden.dtype
-    if hidden.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+    widened = hidden.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+    if widened:
         # as linear_cross_entropy: half-type CPU matmuls run in float32, each gradient rounded once
         hidden, w = hidden.float(), w.float()
         b = b.float() if b is not None else None
-    chunk = _chunk_rows(n, w.shape[0], hidden.element_size(), chunk_size)
+    chunk = _chunk_rows(n, w.shape[0], hidden.shape[-1], hidden.element_size(), chunk_size, hidden.device.type,
+                        widened)
     options = (int(ignore_index), float(label_smoothing), float(z_loss))
     loss = _VocabParallelLinearCrossEntropy.apply(hidden, w, b, local_target, mesh.get_group(vdim), offset[0], v,
                                                   chunk, options)

@@ -16,15 +16,34 @@ _ops = torch.ops.fastact
 __all__ = ["linear_cross_entropy", "vocab_parallel_cross_entropy"]
 
 
-def _chunk_rows(n: int, v: int, itemsize: int, chunk_size: Optional[int]) -> int:
-    # One (rows x V) buffer lives at a time (the chunk's logits, overwritten
-    # by their gradient): 4 % of the full logits, at least 32 MB (so CPU and GPU
-    # matmuls still get enough rows to run efficiently) -- 84 MB, 327 rows at
-    # N=8192, V=128256 in bf16.
+def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int], device_type: str,
+                widened: bool = False) -> int:
+    """Tokens per chunk. One (rows x V) buffer lives at a time (the chunk's
+    logits, overwritten by their gradient).
+
+    CPU: torch's own rule (LinearCrossEntropyOptions' "aspect_ratio"), a
+    buffer about the size of the input: rows = next_pow2(ceil(N / ceil(V /
+    H))). Each chunk streams the weight and its gradient once more, so fewer
+    rows cost time, but the peak memory is the gradients plus this buffer
+    and a larger one would exceed the peak of torch's chunked path (fp32,
+    N=2048, H=512, V=32000: 64 rows 88 MB vs torch 91 MB; 256 rows 112 MB).
+    bfloat16/float16 inputs run in float32 on the CPU (`widened`), as torch's
+    "accurate" policy does there, and torch then holds float32 scratch
+    buffers that fastact does not: 4x the rows stay far below its peak
+    (bf16, N=8192, H=256, V=128256: 128 rows 13.4 s / 340 MB, torch 52 s /
+    601 MB; 32 rows 23 s / 293 MB).
+
+    CUDA: 4 % of the full logits, at least 32 MB, so that the matmuls get
+    enough rows to fill the GPU (84 MB, 327 rows at N=8192, V=128256 bf16)."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"fastact.linear_cross_entropy: chunk_size must be positive, got {chunk_size}")
         return int(chunk_size)
+    if device_type == "cpu":
+        per_row = -(-max(1, v) // max(1, h))
+        target = max(1, -(-n // per_row))
+        rows = 1 << (target - 1).bit_length()
+        return max(1, min(n, rows * (4 if widened else 1)))
     row_bytes = max(1, v * itemsize)
     budget = max(32 << 20, (n * row_bytes) // 25)
     return max(1, min(n, budget // row_bytes))
@@ -108,7 +127,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # (a mean over no counted row: row_grad = 1/0 = inf and every
             # row's gradient is 0, as in torch; keep it 0, not inf/inf)
             row_grad = ctx.row_grad
-            scale = torch.where(torch.isfinite(row_grad), grad_loss[:1] / row_grad, torch.zeros_like(row_grad))
+            # (no tokens: no row received a gradient, all are 0)
+            first = grad_loss[:1] if grad_loss.numel() else torch.zeros_like(row_grad)
+            scale = torch.where(torch.isfinite(row_grad), first / row_grad, torch.zeros_like(row_grad))
             grads, ctx.eager = ctx.eager.result(scale), None
             return grads + (None,) * 4
         hidden, weight, bias, target, class_weight, lse = ctx.saved_tensors
@@ -138,7 +159,10 @@ class _Grads:
     def __init__(self, hidden, weight, bias, needs, accum_dtype):
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
         self.hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if needs[0] else None
-        self.weight = torch.zeros_like(weight, dtype=accum_dtype or weight.dtype) if needs[1] else None
+        # (written by the first chunk's matmul, accumulated by the others:
+        # no zero fill, one pass less over the weight's size)
+        self.weight = torch.empty_like(weight, dtype=accum_dtype or weight.dtype) if needs[1] else None
+        self.weight_written = False
         self.bias = torch.zeros_like(bias, dtype=acc) if (bias is not None and needs[2]) else None
         self.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
 
@@ -147,11 +171,18 @@ class _Grads:
             torch.mm(dz, weight, out=self.hidden[s:e])
         if self.weight is not None:
             # (.to is a no-op when the accumulator has the chunk's dtype)
-            self.weight.addmm_(dz.t().to(self.weight.dtype), hidden[s:e].to(self.weight.dtype))
+            a, b = dz.t().to(self.weight.dtype), hidden[s:e].to(self.weight.dtype)
+            if self.weight_written:
+                self.weight.addmm_(a, b)
+            else:
+                torch.mm(a, b, out=self.weight)
+                self.weight_written = True
         if self.bias is not None:
             self.bias += dz.sum(0, dtype=self.bias.dtype)
 
     def result(self, scale):
+        if self.weight is not None and not self.weight_written:  # no chunk (no tokens)
+            self.weight.zero_()
         out = []
         for g, dtype in zip((self.hidden, self.weight, self.bias), self.dtypes):
             if g is not None and scale is not None:
@@ -193,7 +224,9 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
     fastact's keyword extras: ``z_loss``, ``softcap`` (as in
     :func:`fastact.functional.cross_entropy`); ``chunk_size`` (tokens per
-    chunk; default: a buffer of 4 % of the full logits, at least 32 MB);
+    chunk; default: on the CPU torch's own rule, a chunk buffer about the
+    size of the input; on CUDA a buffer of 4 % of the full logits, at least
+    32 MB);
     ``accum_dtype``, the dtype grad of the linear weight accumulates in over
     the chunks: None (default) accumulates in the weight's own dtype (no
     extra memory; for bf16/fp16 weights one rounding per chunk, as
@@ -271,7 +304,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if lin_w.dtype != hidden.dtype or (lin_b is not None and lin_b.dtype != hidden.dtype):
         raise ValueError(f"{op}: input ({hidden.dtype}), linear_weight ({lin_w.dtype}) and linear_bias "
                          f"must have one dtype")
-    if hidden.device.type == "cpu" and hidden.dtype in (torch.float16, torch.bfloat16):
+    widened = hidden.device.type == "cpu" and hidden.dtype in (torch.float16, torch.bfloat16)
+    if widened:
         # CPU matmuls in half types are emulated (many times slower than in
         # float32) and would round the chunk's logits and gradients, and the
         # upstream gradient's scaling once more: on the CPU the chunk loop
@@ -293,7 +327,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
     if chunk_size is None:
         chunk_size = _options_chunk(options)
-    chunk = _chunk_rows(n, d * classes, hidden.element_size(), chunk_size)
+    chunk = _chunk_rows(n, d * classes, in_features, hidden.element_size(), chunk_size, hidden.device.type,
+                        widened)
     o = _Options(classes, d, ignore_index, float(label_smoothing), float(z_loss),
                  float(softcap) if softcap else 0.0, chunk, accum_dtype)
     loss_shape = (*input.shape[:-1], *out_features)
@@ -315,8 +350,9 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         row_grad = row_grad / count
     loss = _LinearCrossEntropy.apply(hidden, lin_w, lin_b, rows_t, weight, row_grad, o)
     # the reduction, written so that its gradient reaching each row is
-    # grad_output * row_grad (what the forward folded in)
-    total = (loss * row_grad).sum()
+    # grad_output * row_grad (what the forward folded in); a mean over no
+    # counted row (no tokens, or all ignored) is 0 * inf = NaN, as in torch
+    total = loss.sum() * row_grad[0]
     return total.to(out_dtype)
 
 
