@@ -68,7 +68,7 @@ def main() -> int:
     if missing:
         print("baselines not in this run (not importable or disabled): " + ", ".join(missing))
     dtypes = (torch.float32, torch.bfloat16) if (args.full or device == "cuda") else (torch.float32,)
-    if args.full and device == "cuda":
+    if args.full:
         dtypes += (torch.float16,)
 
     families = [("activations", bench_activations), ("glu", bench_glu), ("dropout", bench_dropout),
