@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <cmath>
 
+#include "cpu/half_convert.h"
 #include "fastact/alloc.h"
 #include "fastact/cross_entropy_ops.h"
 
@@ -150,11 +151,13 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(
     // the loop specialization is chosen once per call, not per row
     with_row_kind(p, [&](auto cap, auto weight, auto prob) {
       at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+        // bfloat16/float16 rows widened to float once (read in two or three passes)
+        half_convert::WideRow<scalar_t> x_row, y_row;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = in.tgt ? checked_target(in.tgt, r, p) : 0;
           const RowSums<A> s =
               row_sums<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
-                  in.x + r * C, in.y ? in.y + r * C : nullptr, in.w, t, p);
+                  x_row.load(in.x + r * C, C), in.y ? y_row.load(in.y + r * C, C) : nullptr, in.w, t, p);
           out_lse[r] = s.lse;
           if (in.tgt && t == p.ignore_index) {
             out[r] = 0;
@@ -239,15 +242,20 @@ void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::
     const int64_t C = p.classes;
     with_row_kind(p, [&](auto cap, auto weight, auto prob) {
       at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+        // bfloat16/float16: the row widened once, its gradient written over
+        // the buffer (row_backward allows dr == xr) and narrowed
+        half_convert::WideRow<scalar_t> x_row, y_row;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = in.tgt ? checked_target(in.tgt, r, p) : -1;
           if (in.tgt && t == p.ignore_index) {
             std::fill(dst + r * C, dst + (r + 1) * C, scalar_t(0));
             continue;
           }
+          const auto* xr = x_row.load(in.x + r * C, C);
           row_backward<decltype(cap)::value, decltype(weight)::value, decltype(prob)::value>(
-              in.x + r * C, in.y ? in.y + r * C : nullptr, in.w, t, gp[r], lp[r], in.total_weight, p,
-              dst + r * C);
+              xr, in.y ? y_row.load(in.y + r * C, C) : nullptr, in.w, t, gp[r], lp[r], in.total_weight, p,
+              x_row.out(dst + r * C, C));
+          x_row.store(dst + r * C, C);
         }
       });
     });

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace fastact::half_convert {
 
@@ -72,5 +73,36 @@ void widen_n(const c10::BFloat16* src, float* dst, int64_t n);
 void widen_n(const c10::Half* src, float* dst, int64_t n);
 void narrow_n(const float* src, c10::BFloat16* dst, int64_t n);
 void narrow_n(const float* src, c10::Half* dst, int64_t n);
+
+// One row of a row kernel (softmax, cross-entropy) in opmath: a bfloat16/
+// float16 row is widened into a float buffer the kernel then reads and may
+// overwrite with its result (narrowed back by `store`); other types are
+// used in place. One per thread, reused across its rows.
+template <class S>
+struct WideRow {
+  std::vector<float> buf;
+  using T = std::conditional_t<is_narrow<S>, float, S>;
+  const T* load(const S* p, int64_t n) {
+    if constexpr (is_narrow<S>) {
+      buf.resize(static_cast<size_t>(n));
+      widen_n(p, buf.data(), n);
+      return buf.data();
+    } else {
+      return p;
+    }
+  }
+  // the kernel's output row: the buffer (narrow types) or `p` itself
+  T* out(S* p, int64_t n) {
+    if constexpr (is_narrow<S>) {
+      buf.resize(static_cast<size_t>(n));
+      return buf.data();
+    } else {
+      return p;
+    }
+  }
+  void store(S* p, int64_t n) {
+    if constexpr (is_narrow<S>) narrow_n(buf.data(), p, n);
+  }
+};
 
 }  // namespace fastact::half_convert

@@ -18,14 +18,27 @@ namespace {
 template <class S, class A = at::opmath_type<S>>
 FA_CPU_CLONES double squared_difference_span(const S* x, const S* t, int64_t n) {
   constexpr int64_t kBlock = 1024;
+  constexpr bool kNarrow = half_convert::is_narrow<S>;
+  // bfloat16/float16 blocks widened to float first (the vector conversions)
+  alignas(64) float xb[kNarrow ? kBlock : 1], tb[kNarrow ? kBlock : 1];
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
     A part = 0;
+    if constexpr (kNarrow) {
+      half_convert::widen_n(x + b, xb, e - b);
+      half_convert::widen_n(t + b, tb, e - b);
 #pragma omp simd reduction(+ : part)
-    for (int64_t i = b; i < e; ++i) {
-      const A d = static_cast<A>(x[i]) - static_cast<A>(t[i]);
-      part += d * d;
+      for (int64_t i = 0; i < e - b; ++i) {
+        const A d = xb[i] - tb[i];
+        part += d * d;
+      }
+    } else {
+#pragma omp simd reduction(+ : part)
+      for (int64_t i = b; i < e; ++i) {
+        const A d = static_cast<A>(x[i]) - static_cast<A>(t[i]);
+        part += d * d;
+      }
     }
     total += part;
   }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/half_convert.h"
 #include "fastact/alloc.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
@@ -73,7 +74,14 @@ at::Tensor softmax_rows_cpu(const at::Tensor& input, bool log) {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, x.size(0), 1, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) softmax_row(xp + r * C, yp + r * C, C, log);
+      // bfloat16/float16 rows widened to float once (the kernel reads each
+      // element up to three times), the result written over the buffer
+      half_convert::WideRow<scalar_t> row;
+      for (int64_t r = b; r < e; ++r) {
+        const auto* xr = row.load(xp + r * C, C);
+        softmax_row(xr, row.out(yp + r * C, C), C, log);
+        row.store(yp + r * C, C);
+      }
     });
   });
   return y;
@@ -92,7 +100,14 @@ at::Tensor softmax_rows_backward_cpu(const at::Tensor& grad, const at::Tensor& o
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, y.size(0), 1, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) softmax_row_backward(dyp + r * C, yp + r * C, dxp + r * C, C, log);
+      half_convert::WideRow<scalar_t> dy_row, y_row;
+      for (int64_t r = b; r < e; ++r) {
+        const auto* dyr = dy_row.load(dyp + r * C, C);
+        const auto* yr = y_row.load(yp + r * C, C);
+        // (dx over dy's buffer: each element is read before it is written)
+        softmax_row_backward(dyr, yr, dy_row.out(dxp + r * C, C), C, log);
+        dy_row.store(dxp + r * C, C);
+      }
     });
   });
   return dx;
