@@ -16,6 +16,10 @@ _ops = torch.ops.fastact
 __all__ = ["linear_cross_entropy", "vocab_parallel_cross_entropy"]
 
 
+# The fewest tokens per chunk on the CPU (see _chunk_rows).
+_CPU_MIN_ROWS = 128
+
+
 def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int], device_type: str,
                 widened: bool = False) -> int:
     """Tokens per chunk. One (rows x V) buffer lives at a time (the chunk's
@@ -23,15 +27,19 @@ def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int]
 
     CPU: torch's own rule (LinearCrossEntropyOptions' "aspect_ratio"), a
     buffer about the size of the input: rows = next_pow2(ceil(N / ceil(V /
-    H))). Each chunk streams the weight and its gradient once more, so fewer
-    rows cost time, but the peak memory is the gradients plus this buffer
-    and a larger one would exceed the peak of torch's chunked path (fp32,
-    N=2048, H=512, V=32000: 64 rows 88 MB vs torch 91 MB; 256 rows 112 MB).
-    bfloat16/float16 inputs run in float32 on the CPU (`widened`), as torch's
-    "accurate" policy does there, and torch then holds float32 scratch
-    buffers that fastact does not: 4x the rows stay far below its peak
-    (bf16, N=8192, H=256, V=128256: 128 rows 13.4 s / 340 MB, torch 52 s /
-    601 MB; 32 rows 23 s / 293 MB).
+    H))), but at least 128 rows. Every chunk streams the weight and its
+    gradient once more and the CPU matmuls run far below their speed with
+    fewer rows: on the 2-core benchmark machine, N=2048, H=512, V=32000
+    fp32 takes 2.3 s with torch's 64 rows (torch's own path too, eager 1.8
+    s) and 1.5-1.7 s with 128, and the 1024-token LLaMA step of
+    benchmarks/bench_transformers.py (V=128256, H=256: torch's rule gives 4
+    rows) 15.9 s instead of eager's 2.9 s. The peak memory is the gradients
+    plus this buffer: at that fp32 size 128 rows peak ~5 MB above torch's
+    chunked path (96 vs 91 MB), 64 rows 3 MB below it. bfloat16/float16
+    inputs run in float32 on the CPU (`widened`), as torch's "accurate"
+    policy does there, and torch then holds float32 scratch buffers that
+    fastact does not: 4x torch's rows stay far below its peak (bf16, N=8192,
+    H=256, V=128256: 128 rows 13.4 s / 340 MB, torch 52 s / 601 MB).
 
     CUDA: 4 % of the full logits, at least 32 MB, so that the matmuls get
     enough rows to fill the GPU (84 MB, 327 rows at N=8192, V=128256 bf16)."""
@@ -42,8 +50,8 @@ def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int]
     if device_type == "cpu":
         per_row = -(-max(1, v) // max(1, h))
         target = max(1, -(-n // per_row))
-        rows = 1 << (target - 1).bit_length()
-        return max(1, min(n, rows * (4 if widened else 1)))
+        rows = (1 << (target - 1).bit_length()) * (4 if widened else 1)
+        return max(1, min(n, max(rows, _CPU_MIN_ROWS)))
     row_bytes = max(1, v * itemsize)
     budget = max(32 << 20, (n * row_bytes) // 25)
     return max(1, min(n, budget // row_bytes))
@@ -225,8 +233,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     fastact's keyword extras: ``z_loss``, ``softcap`` (as in
     :func:`fastact.functional.cross_entropy`); ``chunk_size`` (tokens per
     chunk; default: on the CPU torch's own rule, a chunk buffer about the
-    size of the input; on CUDA a buffer of 4 % of the full logits, at least
-    32 MB);
+    size of the input, but at least 128 tokens; on CUDA a buffer of 4 % of
+    the full logits, at least 32 MB);
     ``accum_dtype``, the dtype grad of the linear weight accumulates in over
     the chunks: None (default) accumulates in the weight's own dtype (no
     extra memory; for bf16/fp16 weights one rounding per chunk, as
