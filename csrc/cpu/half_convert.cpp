@@ -15,16 +15,14 @@
 namespace fastact::half_convert {
 namespace {
 
-void widen_bf16_scalar(const c10::BFloat16* s, float* d, int64_t n) {
+// the scalar forms of half_convert.h: the tails of the vector loops, and
+// every element on CPUs without them
+template <class S>
+void widen_scalar(const S* s, float* d, int64_t n) {
   for (int64_t j = 0; j < n; ++j) d[j] = widen(s[j]);
 }
-void narrow_bf16_scalar(const float* s, c10::BFloat16* d, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) narrow(s[j], d[j]);
-}
-void widen_f16_scalar(const c10::Half* s, float* d, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) d[j] = widen(s[j]);
-}
-void narrow_f16_scalar(const float* s, c10::Half* d, int64_t n) {
+template <class S>
+void narrow_scalar(const float* s, S* d, int64_t n) {
   for (int64_t j = 0; j < n; ++j) narrow(s[j], d[j]);
 }
 
@@ -36,7 +34,7 @@ __attribute__((target("avx512f"))) void widen_bf16_avx512(const c10::BFloat16* s
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + j));
     _mm512_storeu_ps(d + j, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
   }
-  widen_bf16_scalar(s + j, d + j, n - j);
+  widen_scalar(s + j, d + j, n - j);
 }
 __attribute__((target("avx512f"))) void narrow_bf16_avx512(const float* s, c10::BFloat16* d, int64_t n) {
   int64_t j = 0;
@@ -49,20 +47,20 @@ __attribute__((target("avx512f"))) void narrow_bf16_avx512(const float* s, c10::
     r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), qnan);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j), _mm512_cvtepi32_epi16(r));
   }
-  narrow_bf16_scalar(s + j, d + j, n - j);
+  narrow_scalar(s + j, d + j, n - j);
 }
 __attribute__((target("avx512f"))) void widen_f16_avx512(const c10::Half* s, float* d, int64_t n) {
   int64_t j = 0;
   for (; j + 16 <= n; j += 16)
     _mm512_storeu_ps(d + j, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + j))));
-  widen_f16_scalar(s + j, d + j, n - j);
+  widen_scalar(s + j, d + j, n - j);
 }
 __attribute__((target("avx512f"))) void narrow_f16_avx512(const float* s, c10::Half* d, int64_t n) {
   int64_t j = 0;
   for (; j + 16 <= n; j += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j),
                         _mm512_cvtps_ph(_mm512_loadu_ps(s + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  narrow_f16_scalar(s + j, d + j, n - j);
+  narrow_scalar(s + j, d + j, n - j);
 }
 
 // ---- AVX2 (+F16C): 8 per instruction ----
@@ -72,7 +70,7 @@ __attribute__((target("avx2"))) void widen_bf16_avx2(const c10::BFloat16* s, flo
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j));
     _mm256_storeu_ps(d + j, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
   }
-  widen_bf16_scalar(s + j, d + j, n - j);
+  widen_scalar(s + j, d + j, n - j);
 }
 __attribute__((target("avx2"))) void narrow_bf16_avx2(const float* s, c10::BFloat16* d, int64_t n) {
   int64_t j = 0;
@@ -90,28 +88,28 @@ __attribute__((target("avx2"))) void narrow_bf16_avx2(const float* s, c10::BFloa
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), 0xD8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j), packed);
   }
-  narrow_bf16_scalar(s + j, d + j, n - j);
+  narrow_scalar(s + j, d + j, n - j);
 }
 __attribute__((target("avx2,f16c"))) void widen_f16_f16c(const c10::Half* s, float* d, int64_t n) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
     _mm256_storeu_ps(d + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j))));
-  widen_f16_scalar(s + j, d + j, n - j);
+  widen_scalar(s + j, d + j, n - j);
 }
 __attribute__((target("avx2,f16c"))) void narrow_f16_f16c(const float* s, c10::Half* d, int64_t n) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j),
                      _mm256_cvtps_ph(_mm256_loadu_ps(s + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  narrow_f16_scalar(s + j, d + j, n - j);
+  narrow_scalar(s + j, d + j, n - j);
 }
 #endif
 
 struct Table {
-  void (*widen_bf16)(const c10::BFloat16*, float*, int64_t) = widen_bf16_scalar;
-  void (*narrow_bf16)(const float*, c10::BFloat16*, int64_t) = narrow_bf16_scalar;
-  void (*widen_f16)(const c10::Half*, float*, int64_t) = widen_f16_scalar;
-  void (*narrow_f16)(const float*, c10::Half*, int64_t) = narrow_f16_scalar;
+  void (*widen_bf16)(const c10::BFloat16*, float*, int64_t) = widen_scalar<c10::BFloat16>;
+  void (*narrow_bf16)(const float*, c10::BFloat16*, int64_t) = narrow_scalar<c10::BFloat16>;
+  void (*widen_f16)(const c10::Half*, float*, int64_t) = widen_scalar<c10::Half>;
+  void (*narrow_f16)(const float*, c10::Half*, int64_t) = narrow_scalar<c10::Half>;
   Table() {
 #if FA_X86_CONVERT
     // FASTACT_HALF_CONVERT=avx2|scalar caps the choice (the tests run every

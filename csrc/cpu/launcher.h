@@ -40,12 +40,12 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
     // loop over them (vectorized as for float tensors), then narrowed.
     namespace hc = half_convert;
     constexpr int64_t kBlock = 512;
-    alignas(64) T xb[NIN][kBlock];
-    alignas(64) T yb[NOUT][kBlock];
     // bfloat16 inputs are widened inside the op's loop (a shift, which the
     // compiler vectorizes as well as the explicit conversion: one pass over
     // the block less); float16 inputs need F16C, so they go through blocks.
     constexpr bool kInline = std::is_same_v<S, c10::BFloat16>;
+    alignas(64) T xb[NIN][kInline ? 1 : kBlock];
+    alignas(64) T yb[NOUT][kBlock];
     for (int64_t b = 0; b < count; b += kBlock) {
       const int64_t n = std::min(kBlock, count - b);
       if constexpr (!kInline) {
@@ -140,8 +140,7 @@ FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const
   // bfloat16/float16 operands widened into float blocks first (see
   // cpu_elementwise_segment); other types are read and written in place.
   constexpr bool kNarrow = half_convert::is_narrow<S>;
-  using X = std::conditional_t<kNarrow, T, S>;
-  using Y = X;
+  using X = std::conditional_t<kNarrow, T, S>;  // what the op's loop reads and writes
   alignas(64) T xb[kNarrow ? NIN : 1][kNarrow ? kBlock : 1];
   alignas(64) T yb[kNarrow ? kBlock : 1];
   for (int64_t b = 0; b < count; b += kBlock) {
@@ -150,7 +149,7 @@ FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const
     const X* x0;
     const X* x1;
     const X* x2;
-    Y* y0;
+    X* y0;
     if constexpr (kNarrow) {
       half_convert::widen_n(i0 + b, xb[0], n);
       if constexpr (NIN > 1) half_convert::widen_n(i1 + b, xb[NIN > 1 ? 1 : 0], n);
@@ -173,9 +172,9 @@ FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const
       if constexpr (NIN > 1) x[1] = static_cast<T>(x1[j]);
       if constexpr (NIN > 2) x[2] = static_cast<T>(x2[j]);
       local_op(index + b + j, u[j], x, y);
-      y0[j] = static_cast<Y>(y[0]);
+      y0[j] = static_cast<X>(y[0]);
     }
-    if constexpr (half_convert::is_narrow<S>) half_convert::narrow_n(yb, o0 + b, n);
+    if constexpr (kNarrow) half_convert::narrow_n(yb, o0 + b, n);
   }
 }
 
