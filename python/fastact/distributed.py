@@ -507,7 +507,7 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
     input [N, H] is a plain tensor (replicated over that mesh dim, as after a
     row-parallel layer) or a DTensor (rows sharded or replicated); the result
     has the input's kind."""
-    from .linear_ce import _chunk_rows
+    from .linear_ce import _chunk_rows, _cpu_float32
 
     op = "fastact.linear_cross_entropy"
     vdim = _vocab_mesh_dim(linear_weight.placements, 0, op)
@@ -531,11 +531,7 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
         target.to_local() if isinstance(target, DTensor) else target)
     n = hidden.shape[0]
     dtype = hidden.dtype
-    widened = hidden.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
-    if widened:
-        # as linear_cross_entropy: half-type CPU matmuls run in float32, each gradient rounded once
-        hidden, w = hidden.float(), w.float()
-        b = b.float() if b is not None else None
+    hidden, w, b, widened = _cpu_float32(hidden, w, b)
     chunk = _chunk_rows(n, w.shape[0], hidden.shape[-1], hidden.element_size(), chunk_size, hidden.device.type,
                         widened)
     options = (int(ignore_index), float(label_smoothing), float(z_loss))

@@ -57,6 +57,20 @@ def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int]
     return max(1, min(n, budget // row_bytes))
 
 
+def _cpu_float32(hidden, weight, bias):
+    """(hidden, weight, bias, widened): bfloat16/float16 operands on the CPU
+    as float32. CPU matmuls in half types are emulated (many times slower
+    than in float32) and would round the chunk's logits and gradients, and
+    the upstream gradient's scaling once more: on the CPU the chunk loop runs
+    in float32 (torch's "accurate" policy there), the casts outside it, so
+    autograd rounds each gradient once."""
+    widened = hidden.device.type == "cpu" and hidden.dtype in (torch.float16, torch.bfloat16)
+    if widened:
+        hidden, weight = hidden.float(), weight.float()
+        bias = bias.float() if bias is not None else None
+    return hidden, weight, bias, widened
+
+
 class _Chunks:
     """The chunk loop: yields (start, end, logits) per chunk of tokens, the
     logits computed into one reused (chunk x D*C) buffer that the caller may
@@ -312,15 +326,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if lin_w.dtype != hidden.dtype or (lin_b is not None and lin_b.dtype != hidden.dtype):
         raise ValueError(f"{op}: input ({hidden.dtype}), linear_weight ({lin_w.dtype}) and linear_bias "
                          f"must have one dtype")
-    widened = hidden.device.type == "cpu" and hidden.dtype in (torch.float16, torch.bfloat16)
-    if widened:
-        # CPU matmuls in half types are emulated (many times slower than in
-        # float32) and would round the chunk's logits and gradients, and the
-        # upstream gradient's scaling once more: on the CPU the chunk loop
-        # runs in float32 (torch's "accurate" policy there), the casts
-        # outside it, so autograd rounds each gradient once.
-        hidden, lin_w = hidden.float(), lin_w.float()
-        lin_b = lin_b.float() if lin_b is not None else None
+    hidden, lin_w, lin_b, widened = _cpu_float32(hidden, lin_w, lin_b)
     if out_features:
         # token n's logits as D rows of C classes: row (n, j) = input[n] @ W[:, j, :].T
         lin_w = lin_w.movedim(0, -2).reshape(d * classes, in_features)

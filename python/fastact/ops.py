@@ -93,8 +93,8 @@ _FROM_OUTPUT = {"sigmoid": torch.ops.aten.sigmoid_backward.default,
                 "tanh": torch.ops.aten.tanh_backward.default}
 
 
-def _backward_from_output(name: str, x: torch.Tensor) -> bool:
-    return name in _FROM_OUTPUT and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+def _half_on_cpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
 
 
 def _register_activation(name: str) -> None:
@@ -102,7 +102,7 @@ def _register_activation(name: str) -> None:
     from_output = _FROM_OUTPUT.get(name)
 
     def setup_context(ctx, inputs, output):
-        ctx.from_output = _backward_from_output(name, inputs[0])
+        ctx.from_output = from_output is not None and _half_on_cpu(inputs[0])
         ctx.save_for_backward(output if ctx.from_output else inputs[0])
         ctx.params = tuple(inputs[1:])
 
