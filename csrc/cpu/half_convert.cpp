@@ -110,6 +110,7 @@ struct Table {
   void (*narrow_bf16)(const float*, c10::BFloat16*, int64_t) = narrow_scalar<c10::BFloat16>;
   void (*widen_f16)(const c10::Half*, float*, int64_t) = widen_scalar<c10::Half>;
   void (*narrow_f16)(const float*, c10::Half*, int64_t) = narrow_scalar<c10::Half>;
+  int level = 0;  // simd_level()
   Table() {
 #if FA_X86_CONVERT
     // FASTACT_HALF_CONVERT=avx2|scalar caps the choice (the tests run every
@@ -123,12 +124,14 @@ struct Table {
       narrow_bf16 = narrow_bf16_avx512;
       widen_f16 = widen_f16_avx512;
       narrow_f16 = narrow_f16_avx512;
+      level = 2;
     } else if (allow256 && __builtin_cpu_supports("avx2")) {
       widen_bf16 = widen_bf16_avx2;
       narrow_bf16 = narrow_bf16_avx2;
       if (__builtin_cpu_supports("f16c")) {
         widen_f16 = widen_f16_f16c;
         narrow_f16 = narrow_f16_f16c;
+        level = 1;
       }
     }
 #endif
@@ -141,6 +144,7 @@ const Table& table() {
 
 }  // namespace
 
+int simd_level() { return table().level; }
 void widen_n(const c10::BFloat16* src, float* dst, int64_t n) { table().widen_bf16(src, dst, n); }
 void widen_n(const c10::Half* src, float* dst, int64_t n) { table().widen_f16(src, dst, n); }
 void narrow_n(const float* src, c10::BFloat16* dst, int64_t n) { table().narrow_bf16(src, dst, n); }

@@ -73,6 +73,10 @@ void widen_n(const c10::BFloat16* src, float* dst, int64_t n);
 void widen_n(const c10::Half* src, float* dst, int64_t n);
 void narrow_n(const float* src, c10::BFloat16* dst, int64_t n);
 void narrow_n(const float* src, c10::Half* dst, int64_t n);
+// Which of those copies was picked: 2 AVX-512F, 1 AVX2 with F16C, 0 scalar.
+// The elementwise launcher picks its in-register segments (half_segment.h)
+// by the same level.
+int simd_level();
 
 // One row of a row kernel (softmax, cross-entropy) in opmath: a bfloat16/
 // float16 row is widened into a float buffer the kernel then reads and may

@@ -14,6 +14,7 @@
 #include "fastact/macros.h"
 #include "fastact/philox.h"
 #include "cpu/half_convert.h"
+#include "cpu/half_segment.h"
 
 namespace fastact {
 
@@ -183,10 +184,35 @@ struct CpuLauncher {
   static constexpr int64_t kGrain = 32768;
 
   template <class Op, class S, int NIN, int NOUT>
+  using Segment = void (*)(const Op&, const S* const*, S* const*, int64_t, int64_t);
+
+  // The segment function for this op and type: bfloat16/float16 ops that
+  // draw nothing take the in-register copy of the CPU's instruction set
+  // (half_segment.h) where there is one.
+  template <class Op, class S, int NIN, int NOUT>
+  static Segment<Op, S, NIN, NOUT> segment_for() {
+    if constexpr (IsRandomOp<Op>::value) {
+      return &cpu_random_segment<Op, S, NIN, NOUT>;
+    } else {
+#if FA_HALF_SEGMENTS
+      if constexpr (half_convert::is_narrow<S>) {
+        switch (half_convert::simd_level()) {
+          case 2: return &half_simd::avx512::segment<Op, S, NIN, NOUT>;
+          case 1: return &half_simd::avx2::segment<Op, S, NIN, NOUT>;
+          default: break;
+        }
+      }
+#endif
+      return &cpu_elementwise_segment<Op, S, NIN, NOUT>;
+    }
+  }
+
+  template <class Op, class S, int NIN, int NOUT>
   static void run(const Op& op, const ElementwiseArgs<S, NIN, NOUT>& a) {
     static_assert(Op::kIn == NIN && Op::kOut == NOUT, "op adapter and operands disagree");
     const int64_t n = a.numel();
     if (n == 0) return;
+    const Segment<Op, S, NIN, NOUT> segment = segment_for<Op, S, NIN, NOUT>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       int64_t row = begin / a.inner;
       int64_t col = begin - row * a.inner;
@@ -197,11 +223,7 @@ struct CpuLauncher {
         S* out[NOUT];
         for (int k = 0; k < NIN; ++k) in[k] = a.in[k] + row * a.in_stride[k] + col;
         for (int k = 0; k < NOUT; ++k) out[k] = a.out[k] + row * a.out_stride[k] + col;
-        if constexpr (IsRandomOp<Op>::value) {
-          cpu_random_segment<Op, S, NIN, NOUT>(op, in, out, e, count);
-        } else {
-          cpu_elementwise_segment<Op, S, NIN, NOUT>(op, in, out, e, count);
-        }
+        segment(op, in, out, e, count);
         e += count;
         ++row;
         col = 0;
