@@ -320,3 +320,25 @@ def test_cuda_graph_capture():
     g.replay()
     assert not torch.equal(first, static_out)  # each replay draws a fresh stream
     assert 0.45 < (static_out != 0).float().mean().item() < 0.55
+
+
+def test_vector_and_portable_draws_agree(tmp_path):
+    # The CPU kernels draw with AVX-512 where the CPU has it and with the
+    # portable Philox elsewhere (FASTACT_HALF_CONVERT=scalar forces the
+    # latter): the same masks, over sizes that split across threads at
+    # unaligned draw numbers.
+    import os
+    import subprocess
+    import sys
+    cases = [((300007,), 0.3, 12345, 0), ((7, 1001), 0.5, -9, 1 << 40), ((65, 3),  0.1, 3, 12)]
+    script = (
+        "import sys, torch, fastact.functional as F\n"
+        f"cases = {cases!r}\n"
+        "torch.save([F.dropout_mask(s, p, seed, off) for s, p, seed, off in cases], sys.argv[1])\n")
+    out = tmp_path / "masks.pt"
+    env = dict(os.environ, FASTACT_HALF_CONVERT="scalar")
+    r = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    portable = torch.load(out)
+    for (shape, p, seed, off), want in zip(cases, portable):
+        assert torch.equal(F.dropout_mask(shape, p, seed, off), want)

@@ -14,6 +14,7 @@
 #include "fastact/macros.h"
 #include "fastact/philox.h"
 #include "cpu/half_convert.h"
+#include "cpu/philox_fill.h"
 #include "cpu/half_segment.h"
 
 namespace fastact {
@@ -138,6 +139,7 @@ FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const
   const S* const i2 = NIN > 2 ? in[2] : nullptr;
   S* const o0 = out[0];
   float u[kBlock];
+  const bool vector_draws = fill_uniforms_vectorized();
   // bfloat16/float16 operands widened into float blocks first (see
   // cpu_elementwise_segment); other types are read and written in place.
   constexpr bool kNarrow = half_convert::is_narrow<S>;
@@ -146,7 +148,11 @@ FA_CPU_CLONES void cpu_random_segment(const Op& op, const S* const* in, S* const
   alignas(64) T yb[kNarrow ? kBlock : 1];
   for (int64_t b = 0; b < count; b += kBlock) {
     const int64_t n = std::min(kBlock, count - b);
-    fill_uniforms(seed, offset, index + b, n, u);
+    if (vector_draws) {
+      fill_uniforms_avx512(seed, offset, index + b, n, u);
+    } else {
+      fill_uniforms(seed, offset, index + b, n, u);
+    }
     const X* x0;
     const X* x1;
     const X* x2;

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <string>
 
+#include "cpu/launcher.h"
 #include "fastact/cross_entropy_ops.h"
 
 namespace {
@@ -91,11 +92,35 @@ void test_split_lse() {
   expect("split_lse: non-finite lse", inf.hi == -INFINITY && inf.lo == 0 && std::isnan(nan.hi) && nan.lo == 0);
 }
 
+// The CPU random kernels' AVX-512 Philox (cpu/philox_fill.cpp) against the
+// portable fill_uniforms: aligned and misaligned starts, every block size,
+// and runs whose counter groups straddle a 2^32 boundary (unreachable from
+// Python: that needs 2^34 elements).
+void test_vector_philox() {
+  if (!fastact::fill_uniforms_vectorized()) {
+    std::printf("%-40s %s\n", "vector philox", "skipped (no AVX-512F)");
+    return;
+  }
+  bool ok = true;
+  std::array<float, 1100> a{}, b{};
+  const int64_t boundary = int64_t(4) << 32;  // draw index of counter group 2^32
+  for (const int64_t start : {int64_t(0), int64_t(1), int64_t(3), boundary - 600, boundary - 64, boundary - 3,
+                              boundary, boundary + 5})
+    for (const int64_t count : {int64_t(1), int64_t(63), int64_t(64), int64_t(257), int64_t(1024), int64_t(1100)})
+      for (const uint64_t offset : {uint64_t(0), uint64_t(1) << 40}) {
+        fastact::fill_uniforms_avx512(0x0123456789ABCDEFull, offset, start, count, a.data());
+        fastact::fill_uniforms(0x0123456789ABCDEFull, offset, start, count, b.data());
+        ok = ok && std::equal(a.begin(), a.begin() + count, b.begin());
+      }
+  expect("vector philox = portable philox", ok);
+}
+
 }  // namespace
 
 int main() {
   test_online_lse();
   test_split_lse();
+  test_vector_philox();
   auto& dispatcher = c10::Dispatcher::singleton();
   const at::Tensor x = torch::randn({1000, 37});
   const at::Tensor dy = torch::randn({1000, 37});
