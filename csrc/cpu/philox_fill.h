@@ -1,5 +1,5 @@
 #pragma once
-// Philox uniforms 64 at a time with AVX-512F (philox_fill.cpp), for the CPU
+// Philox uniforms with AVX-512F, 32 per vector (philox_fill.cpp), for the CPU
 // random kernels; fill_uniforms (launcher.h) is the portable form.
 #include <cstdint>
 
