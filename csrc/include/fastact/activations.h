@@ -166,18 +166,23 @@ struct LogSigmoid {
   }
 };
 
+// hardswish and hardsigmoid multiply by 1/6 and 1/3 where ATen divides by 6
+// and 3: a vector division costs more than the rest of the op (bf16
+// hardswish ran at half of relu's speed in cache). x * (clamp * (1/6)) keeps
+// hardswish(x) == x for x >= 3 (6 * (1/6) rounds to 1) and torch's NaN,
+// -0 and -inf -> NaN; the result differs from ATen's by at most an ulp.
 struct Hardswish {
   template <class T> FA_HD T fwd(T x) const {
-    return x * m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) / T(6);
+    return x * (m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) * T(1.0 / 6.0));
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
-    return x <= T(-3) ? T(0) : (x >= T(3) ? dy : dy * (x / T(3) + T(0.5)));
+    return x <= T(-3) ? T(0) : (x >= T(3) ? dy : dy * (x * T(1.0 / 3.0) + T(0.5)));
   }
 };
 
 struct Hardsigmoid {
   template <class T> FA_HD T fwd(T x) const {
-    return m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) / T(6);
+    return m::min_nan(m::max_nan(x + T(3), T(0)), T(6)) * T(1.0 / 6.0);
   }
   template <class T> FA_HD T bwd(T x, T dy) const {
     return (x > T(-3) && x < T(3)) ? dy * T(1.0 / 6.0) : T(0);
