@@ -54,6 +54,23 @@ def test_rounding_of_float_results(dtype, slope, device):
     assert same_bits(ours_grad, theirs_grad)
 
 
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_squared_difference_sum_of_every_copy(dtype):
+    # mse_loss's fused sum in bfloat16/float16 (in-register conversions,
+    # float lane sums per block of 1024, blocks added in double) against a
+    # float64 sum of the same values: a sum of non-negative terms, so the
+    # float lane sums (at most 1024 terms each, for any lane count) are off by
+    # at most 1024 float32 epsilons relative to the total (twice that here)
+    g = torch.Generator().manual_seed(5)
+    for n in (1, 7, 15, 16, 17, 1023, 1024, 1025, 4099, 70001):
+        x = torch.randn(n, generator=g).to(dtype)
+        t = torch.randn(n, generator=g).to(dtype)
+        ours = torch.ops.fastact.squared_difference_sum(x, t).double()
+        want = ((x.double() - t.double()) ** 2).sum()
+        rtol = 2 * 1024 * 2.0 ** -24
+        assert abs(ours - want) <= rtol * want, (n, ours.item(), want.item())
+
+
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_every_conversion_copy(isa):
     # the same checks with the conversions capped at AVX2+F16C or scalar (the
@@ -64,7 +81,7 @@ def test_every_conversion_copy(isa):
     env = dict(os.environ, FASTACT_HALF_CONVERT=isa)
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "round_trips or rounding_of", "-x"],
+                          "-k", "round_trips or rounding_of or squared_difference", "-x"],
                          cwd=here, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout

@@ -16,7 +16,7 @@ namespace fastact {
 namespace {
 
 template <class S, class A = at::opmath_type<S>>
-FA_CPU_CLONES double squared_difference_span(const S* x, const S* t, int64_t n) {
+FA_CPU_CLONES double squared_difference_span_blocks(const S* x, const S* t, int64_t n) {
   constexpr int64_t kBlock = 1024;
   constexpr bool kNarrow = half_convert::is_narrow<S>;
   // bfloat16/float16 blocks widened to float first (the vector conversions)
@@ -43,6 +43,22 @@ FA_CPU_CLONES double squared_difference_span(const S* x, const S* t, int64_t n) 
     total += part;
   }
   return total;
+}
+
+// bfloat16/float16 with the conversions in registers where the CPU has the
+// instruction sets of half_segment.h, else the block form above
+template <class S>
+double squared_difference_span(const S* x, const S* t, int64_t n) {
+#if FA_HALF_SEGMENTS
+  if constexpr (half_convert::is_narrow<S>) {
+    switch (half_convert::simd_level()) {
+      case 2: return half_simd::avx512::squared_difference_sum(x, t, n);
+      case 1: return half_simd::avx2::squared_difference_sum(x, t, n);
+      default: break;
+    }
+  }
+#endif
+  return squared_difference_span_blocks(x, t, n);
 }
 
 at::Tensor squared_difference_sum_cpu(const at::Tensor& input, const at::Tensor& target) {
