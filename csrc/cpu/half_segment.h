@@ -15,7 +15,8 @@
 // once under `#pragma GCC target("avx512f")` and once under "avx2,f16c", the
 // same targets as the float loops' clones (macros.h), so a half-type op
 // computes in float exactly as a float tensor's. The caller picks a copy
-// from half_convert::simd_level().
+// from half_convert::simd_level(); half_convert.cpp's block conversions
+// are the same loads and stores (widen_n / narrow_n below).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -58,8 +59,8 @@ struct Isa {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void spill(V v, float* a) { _mm512_store_ps(a, v); }
-  static V fill(const float* a) { return _mm512_load_ps(a); }
+  static void spill(V v, float* a) { _mm512_storeu_ps(a, v); }
+  static V fill(const float* a) { return _mm512_loadu_ps(a); }
 };
 #include "cpu/half_segment_body.inc"
 }  // namespace avx512
@@ -91,8 +92,8 @@ struct Isa {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void spill(V v, float* a) { _mm256_store_ps(a, v); }
-  static V fill(const float* a) { return _mm256_load_ps(a); }
+  static void spill(V v, float* a) { _mm256_storeu_ps(a, v); }
+  static V fill(const float* a) { return _mm256_loadu_ps(a); }
 };
 #include "cpu/half_segment_body.inc"
 }  // namespace avx2
