@@ -81,10 +81,7 @@ __attribute__((target("avx512f"))) void philox_groups(uint64_t seed, uint64_t of
 
 }  // namespace
 
-bool fill_uniforms_vectorized() {
-  static const bool on = half_convert::simd_level() == 2;
-  return on;
-}
+bool fill_uniforms_vectorized() { return half_convert::simd_level() == 2; }
 
 void fill_uniforms_avx512(uint64_t seed, uint64_t offset, int64_t index, int64_t count, float* u) {
   int64_t j = 0;
