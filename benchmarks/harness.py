@@ -1,7 +1,8 @@
 """Benchmark harness: timing, bandwidth, context and result files.
 
 Timing: on CUDA, events around each call with warm-up and an L2 flush
-before every repeat, median of the repeats; on CPU, median wall time.
+before every repeat, median of the repeats; on CPU, median wall time. The
+implementations of one comparison are timed in interleaved rounds.
 Bandwidth: effective GB/s from each case's bytes model, and the same as a
 percentage of a copy measured in the same run on the same device (the
 practical limit of a memory-bound kernel).
@@ -80,28 +81,43 @@ class Timer:
         """Median time of fn() in milliseconds, after warm-up: `warmup` calls
         and, on the CPU, at least 0.1 s of calls (the steady state of a
         training loop: allocator and page reuse settled)."""
-        for _ in range(self.warmup):
-            fn()
-        if self.device != "cuda":
-            t_end = time.perf_counter() + 0.1
-            while time.perf_counter() < t_end:
+        return self.interleaved({"fn": fn})["fn"]
+
+    def interleaved(self, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+        """Median time in milliseconds of each function, timed in rounds: each
+        round calls every function once, the order rotating from round to
+        round. What the machine does meanwhile (a neighbour on a shared VM, the
+        kernel gathering huge pages) then slows every implementation of a
+        comparison alike instead of whichever one was being timed alone at
+        the time. Warm-up first: `warmup` calls of each and, on the CPU, at
+        least 0.1 s of calls of each."""
+        for fn in fns.values():
+            for _ in range(self.warmup):
                 fn()
-        times = []
+            if self.device != "cuda":
+                t_end = time.perf_counter() + 0.1
+                while time.perf_counter() < t_end:
+                    fn()
+        names = list(fns)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(self.repeats):
+            for i in range(len(names)):
+                name = names[(r + i) % len(names)]
+                times[name].append(self._once(fns[name]))
+        return {name: statistics.median(t) for name, t in times.items()}
+
+    def _once(self, fn: Callable[[], object]) -> float:
         if self.device == "cuda":
-            for _ in range(self.repeats):
-                self._flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(self.repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+            self._flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
 
 
 def copy_bandwidth(device: str, timer: Timer, nbytes: int = 256 * 2**20) -> float:
@@ -270,32 +286,37 @@ def time_cases(op: str, x: torch.Tensor, impls: dict, timer: Timer, copy_gbps: f
     y0 = impls["eager"](x)
     dy = torch.randn_like(y0)
     del y0
-    eager_ms = {}
+    fns: dict[str, dict[str, Callable[[], object]]] = {"fwd": {}, "bwd": {}, "fwd+bwd": {}}
+    kept = []  # each implementation's forward output, for its bwd case
     for impl, f in impls.items():
         y_keep = f(x)
+        kept.append(y_keep)
 
-        def fwd():
+        def fwd(f=f):
             with torch.no_grad():
                 return f(x)
 
-        def bwd():
+        def bwd(y_keep=y_keep):
             return torch.autograd.grad(y_keep, x, dy, retain_graph=True)
 
-        def fwd_bwd():
+        def fwd_bwd(f=f):
             return torch.autograd.grad(f(x), x, dy)
 
-        for case, fn in (("fwd", fwd), ("bwd", bwd), ("fwd+bwd", fwd_bwd)):
-            ms = timer(fn)
-            peak = peak_memory_mb(x.device.type, fn)
+        fns["fwd"][impl], fns["bwd"][impl], fns["fwd+bwd"][impl] = fwd, bwd, fwd_bwd
+    # Each case times its implementations against each other in interleaved
+    # rounds (Timer.interleaved); the rows keep the implementation-major order.
+    ms_of = {case: timer.interleaved(case_fns) for case, case_fns in fns.items()}
+    eager_ms = {case: ms_of[case]["eager"] for case in ms_of}
+    for impl in impls:
+        for case in ("fwd", "bwd", "fwd+bwd"):
+            ms = ms_of[case][impl]
             gbps = bytes_of[case] / ms / 1e6
-            if impl == "eager":
-                eager_ms[case] = ms
             rows.append(Row(op=op, case=case, impl=impl, dtype=str(x.dtype).replace("torch.", ""),
                             shape=str(tuple(x.shape)), ms=ms, gbps=gbps, pct_copy=100 * gbps / copy_gbps,
-                            peak_mb=peak))
-        del y_keep
+                            peak_mb=peak_memory_mb(x.device.type, fns[case][impl])))
         if progress:
             progress()
+    del kept, fns
     for r in rows:
         r.speedup_vs_eager = eager_ms[r.case] / r.ms
     return rows

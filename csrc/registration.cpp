@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "fastact/alloc.h"
 #include "fastact/build_info.h"
 #include "fastact/ops.h"
 
@@ -30,6 +31,16 @@ std::vector<std::string> glu_ops() {
   FASTACT_GLUS(FA_LIST_OP)
 #undef FA_LIST_OP
   return ops;
+}
+
+// The CPU output cache (fastact/alloc.h): {cached bytes, live bytes, limit,
+// bytes released by this call}; release=True frees every cached buffer first.
+std::vector<int64_t> cpu_cache(bool release) {
+  fastact::CpuOutputCache& cache = fastact::CpuOutputCache::get();
+  const int64_t released = release ? cache.release() : 0;
+  std::vector<int64_t> s = cache.stats();
+  s.push_back(released);
+  return s;
 }
 
 }  // namespace
@@ -105,6 +116,7 @@ TORCH_LIBRARY(fastact, m) {
   m.def("_activation_ops() -> str[]", &activation_ops);
   m.def("_glu_ops() -> str[]", &glu_ops);
   m.def("_build_info() -> str", &fastact::build_info_string);
+  m.def("_cpu_cache(bool release=False) -> int[]", &cpu_cache);
 }
 
 #ifdef FASTACT_PYTHON_MODULE

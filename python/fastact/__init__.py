@@ -18,12 +18,27 @@ if torch.distributed.is_available():
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "cuda_compiled", "build_info", "__version__"]
+__all__ = ["functional", "nn", "cuda_compiled", "build_info", "empty_cpu_cache", "cpu_cache_stats", "__version__"]
 
 
 def cuda_compiled() -> bool:
     """True when the extension holds CUDA kernels."""
     return build_info()["cuda_compiled"]
+
+
+def empty_cpu_cache() -> int:
+    """Frees the CPU output cache's buffers (large outputs freed by tensors
+    and kept to be reused without page faults, at most FASTACT_CPU_CACHE_MB
+    MiB; see csrc/include/fastact/alloc.h); returns the bytes freed. Like
+    torch.cuda.empty_cache, it frees nothing that a tensor still uses."""
+    return torch.ops.fastact._cpu_cache(True)[3]
+
+
+def cpu_cache_stats() -> dict:
+    """The CPU output cache: bytes cached (free, kept for reuse), bytes live
+    (in tensors now) and the limit on the cached bytes."""
+    cached, live, limit, _ = torch.ops.fastact._cpu_cache(False)
+    return {"cached_bytes": cached, "live_bytes": live, "limit_bytes": limit}
 
 
 def build_info() -> dict:
