@@ -134,3 +134,24 @@ def test_the_limit_bounds_the_cached_bytes_evicting_the_least_recently_freed():
 
 def test_a_zero_limit_turns_the_cache_off():
     assert _run(OFF_CODE, FASTACT_CPU_CACHE_MB="0").strip() == "ok"
+
+
+def test_a_forked_child_allocates_and_frees_through_the_cache():
+    x = _input()
+    kept = F.relu(x)  # a live buffer inherited by the child, and a cached one
+    del kept
+    pid = os.fork()
+    if pid == 0:  # child: must not deadlock or crash on the inherited cache
+        code = 1
+        try:
+            # (one thread: GNU OpenMP's pool does not survive a fork; torch's
+            # own ops hang in such a child too, as DataLoader workers know)
+            torch.set_num_threads(1)
+            y = F.relu(x)
+            ok = torch.equal(y, torch.relu(x))
+            del y
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -41,6 +41,7 @@
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
@@ -130,7 +131,13 @@ class CpuOutputCache final : public c10::Allocator {
  private:
   using Block = std::pair<void*, size_t>;
 
-  CpuOutputCache() : limit_(default_limit()) {}
+  CpuOutputCache() : limit_(default_limit()) {
+#if defined(__linux__)
+    // A fork (a DataLoader worker) while another thread holds the lock would
+    // leave the child's copy locked forever: hold it across the fork.
+    pthread_atfork([] { get().mu_.lock(); }, [] { get().mu_.unlock(); }, [] { get().mu_.unlock(); });
+#endif
+  }
 
   static size_t default_limit() {
     if (const char* e = std::getenv("FASTACT_CPU_CACHE_MB")) {
