@@ -59,7 +59,7 @@ FA_CPU_CLONES RowSums<A> row_sums(const S* x, const S* y, const A* w, int64_t t,
     const int64_t e = std::min(C, b + kBlock);
     A bs = 0, bwz = 0, bwy = 0;
 #pragma omp simd reduction(+ : bs)
-    for (int64_t c = b; c < e; ++c) bs += ::fastact::math::exp(capped<kCap>(static_cast<A>(x[c]), cap) - mm);
+    for (int64_t c = b; c < e; ++c) bs += ::fastact::math::exp_nonpositive(capped<kCap>(static_cast<A>(x[c]), cap) - mm);
     if (need_wz) {
 #pragma omp simd reduction(+ : bwz, bwy)
       for (int64_t c = b; c < e; ++c) {
@@ -206,7 +206,7 @@ FA_CPU_CLONES void row_backward(const S* xr, const S* yr, const A* w, int64_t t,
   // loop); the target element is computed with it beforehand.
   auto grad_of = [&](int64_t c, A onehot) {
     const A z = capped<kCap>(static_cast<A>(xr[c]), cap);
-    const A pc = ::fastact::math::exp((z - lse_r) - lse_lo);
+    const A pc = ::fastact::math::exp_nonpositive((z - lse_r) - lse_lo);
     A wc = A(1);
     if constexpr (kWeight) wc = w[c];
     A dz;

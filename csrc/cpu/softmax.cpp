@@ -32,7 +32,7 @@ FA_CPU_CLONES void softmax_row(const S* x, S* y, int64_t C, bool log) {
     const int64_t e = std::min(C, b + kBlock);
     A bs = 0;
 #pragma omp simd reduction(+ : bs)
-    for (int64_t c = b; c < e; ++c) bs += ::fastact::math::exp(static_cast<A>(x[c]) - mm);
+    for (int64_t c = b; c < e; ++c) bs += ::fastact::math::exp_nonpositive(static_cast<A>(x[c]) - mm);
     s += bs;
   }
   const A lse = m == -INFINITY ? A(-INFINITY) : m + static_cast<A>(std::log(s));
