@@ -160,9 +160,11 @@ struct LogSigmoid {
   template <class T> FA_HD T fwd(T x) const {
     return m::min_nan(T(0), x) - m::log1p(m::exp(-m::abs(x)));
   }
+  // sigmoid(-x) = (x < 0 ? 1 : z) / (1 + z), z = exp(-|x|) <= 1 (a z below
+  // FLT_MIN, |x| > 87.3, is 0: the gradient's 1e-38 is then 0)
   template <class T> FA_HD T bwd(T x, T dy) const {
-    T z = m::exp(-m::abs(x));
-    return x < T(0) ? dy * (T(1) - z / (T(1) + z)) : dy * (z / (T(1) + z));
+    T z = m::exp_nonpositive(-m::abs(x));
+    return dy * (x < T(0) ? T(1) : z) / (T(1) + z);
   }
 };
 
