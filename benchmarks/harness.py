@@ -286,11 +286,10 @@ def time_cases(op: str, x: torch.Tensor, impls: dict, timer: Timer, copy_gbps: f
     y0 = impls["eager"](x)
     dy = torch.randn_like(y0)
     del y0
+    # (each bwd closure holds its implementation's forward output until fns goes)
     fns: dict[str, dict[str, Callable[[], object]]] = {"fwd": {}, "bwd": {}, "fwd+bwd": {}}
-    kept = []  # each implementation's forward output, for its bwd case
     for impl, f in impls.items():
         y_keep = f(x)
-        kept.append(y_keep)
 
         def fwd(f=f):
             with torch.no_grad():
@@ -316,7 +315,7 @@ def time_cases(op: str, x: torch.Tensor, impls: dict, timer: Timer, copy_gbps: f
                             peak_mb=peak_memory_mb(x.device.type, fns[case][impl])))
         if progress:
             progress()
-    del kept, fns
+    del fns
     for r in rows:
         r.speedup_vs_eager = eager_ms[r.case] / r.ms
     return rows

@@ -77,8 +77,6 @@ class CpuOutputCache final : public c10::Allocator {
     return *cache;
   }
 
-  bool enabled() const { return limit_ > 0; }
-
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(n);
     const size_t bytes = (n + kAlign - 1) / kAlign * kAlign;
@@ -199,27 +197,23 @@ class CpuOutputCache final : public c10::Allocator {
   const size_t limit_;
 };
 
-// An uninitialized output shaped like x (x's strides where x is dense and
-// non-overlapping, as at::empty_like).
+// Outputs on the CPU go through the cache's allocator, which itself hands
+// small requests (and all of them when the cache is off) to torch's CPU
+// allocator. An uninitialized output shaped like x (x's strides where x is
+// dense and non-overlapping, as at::empty_like).
 inline at::Tensor new_like(const at::Tensor& x) {
-  CpuOutputCache& cache = CpuOutputCache::get();
-  if (x.device().is_cpu() && cache.enabled() && x.nbytes() >= CpuOutputCache::kMinBytes &&
-      x.is_non_overlapping_and_dense() && x.layout() == at::kStrided && !x.is_quantized()) {
-    return at::detail::empty_strided_generic(x.sizes(), x.strides(), &cache,
+  if (x.device().is_cpu() && x.layout() == at::kStrided && x.is_non_overlapping_and_dense() &&
+      !x.is_quantized()) {
+    return at::detail::empty_strided_generic(x.sizes(), x.strides(), &CpuOutputCache::get(),
                                              c10::DispatchKeySet(c10::DispatchKey::CPU), x.scalar_type());
   }
   return at::empty_like(x);
 }
 
 inline at::Tensor new_tensor(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  CpuOutputCache& cache = CpuOutputCache::get();
-  if (options.device().is_cpu() && cache.enabled() && options.layout() == at::kStrided) {
-    const int64_t numel = c10::multiply_integers(sizes);
-    if (numel * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype()))) >=
-        static_cast<int64_t>(CpuOutputCache::kMinBytes)) {
-      return at::detail::empty_generic(sizes, &cache, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                       c10::typeMetaToScalarType(options.dtype()), std::nullopt);
-    }
+  if (options.device().is_cpu() && options.layout() == at::kStrided) {
+    return at::detail::empty_generic(sizes, &CpuOutputCache::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     c10::typeMetaToScalarType(options.dtype()), std::nullopt);
   }
   return at::empty(sizes, options);
 }
