@@ -179,7 +179,9 @@ struct IndexedOps {
       if (w.numel() == 1) {
         dw = share.sum(opmath);
       } else {
-        dw = share.view({x.size(0), x.size(1), p.inner}).sum({0, 2}, false, opmath);
+        // (an explicit IntArrayRef: torch 2.11's sum overloads make a braced list ambiguous)
+        const int64_t reduced_dims[] = {0, 2};
+        dw = share.view({x.size(0), x.size(1), p.inner}).sum(at::IntArrayRef(reduced_dims), false, opmath);
       }
       dw = dw.view(weight.sizes()).to(weight.scalar_type());
     });
@@ -218,7 +220,8 @@ struct IndexedOps {
       at::Tensor share = new_like(x);
       L::run(SwishBetaBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
       const int64_t features = b.numel() == 1 ? 1 : x.size(-1);
-      dbeta = share.view({-1, features}).sum(0, false, c10::CppTypeToScalarType<T>::value);
+      const int64_t reduced_dim[] = {0};
+      dbeta = share.view({-1, features}).sum(at::IntArrayRef(reduced_dim), false, c10::CppTypeToScalarType<T>::value);
       if (b.numel() == 1) dbeta = dbeta.sum();
       dbeta = dbeta.view(beta.sizes()).to(beta.scalar_type());
     });
