@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 FULL ?= 0
 
-.PHONY: all bench test build selfcheck cpp-test build-emu test-emu kernels clean
+.PHONY: all bench test build selfcheck cpp-test build-emu test-emu kernels clean test-transformers-old
 
 all: test
 
@@ -24,16 +24,32 @@ $(VENV)/.deps: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" numpy pytest expecttest matplotlib tqdm
 	touch $@
 
-# fastact.transformers' tests: the `transformers` extra of pyproject.toml
-# (its own stamp, so an existing .venv gets it too)
-$(VENV)/.deps-transformers: $(VENV)/.deps
-	$(BIN)/python -m pip install -q "transformers>=4.51,<5" "accelerate>=1.0"
+# fastact.transformers' tests: the `transformers` extra of pyproject.toml at
+# the newest release it is tested with (its own stamp, named after the spec,
+# so an existing .venv gets a new pin too)
+TRANSFORMERS_SPEC ?= transformers==5.24.0
+TF_STAMP := $(VENV)/.deps-$(subst =,,$(subst <,,$(subst >,,$(TRANSFORMERS_SPEC))))
+$(TF_STAMP): $(VENV)/.deps
+	$(BIN)/python -m pip install -q "$(TRANSFORMERS_SPEC)" "accelerate>=1.0"
 	touch $@
+
+# The transformers tests against older releases (CI: the oldest supported
+# and the last 4.x), each installed into its own folder put first on
+# PYTHONPATH; the venv's torch and accelerate serve all of them.
+TRANSFORMERS_OLD ?= 4.52.4 4.57.6
+test-transformers-old: build
+	@for v in $(TRANSFORMERS_OLD); do \
+	  dir=$(VENV)/transformers-$$v; \
+	  [ -f $$dir/.done ] || { $(BIN)/python -m pip install -q --target $$dir "transformers==$$v" "huggingface_hub<1.0" \
+	    && touch $$dir/.done; } || exit 1; \
+	  echo "== transformers $$v"; \
+	  PYTHONPATH=$(CURDIR)/$$dir $(BIN)/python -m pytest tests/test_transformers.py -q -p no:cacheprovider || exit 1; \
+	done
 
 # A development install: the venv imports python/fastact in place (a .pth
 # file, as an editable install would), and builds recompile only what changed
 # (ninja, build/). Users install with `pip install --no-build-isolation .`.
-$(VENV)/.installed: $(VENV)/.deps $(VENV)/.deps-transformers
+$(VENV)/.installed: $(VENV)/.deps $(TF_STAMP)
 	$(BIN)/python -c "import site, sys; open(site.getsitepackages()[0] + '/fastact-dev.pth', 'w').write(sys.argv[1] + '\\n')" "$(CURDIR)/python"
 	touch $@
 

@@ -1,30 +1,34 @@
-"""One call puts a Hugging Face ``transformers`` causal LM on fastact's kernels.
+"""One call puts a Hugging Face ``transformers`` model on fastact's kernels.
 
     import fastact.transformers
     model = AutoModelForCausalLM.from_pretrained(...)
-    fastact.transformers.apply(model)     # in place; returns what it changed
+    report = fastact.transformers.apply(model)   # in place; says what it fused and why not
 
-What ``apply`` changes (each part has a keyword switch):
+Any causal LM, MoE or vision-language model; nothing is chosen by a class
+name. What ``apply`` changes (each part has a keyword switch), each part
+proven on the model before it is enabled:
 
-- ``glu``: every feed-forward block ``down(act(gate(x)) * up(x))`` (or Phi3's
-  packed ``gate_up_proj``) runs act-times-up as one fused ``swiglu`` /
-  ``geglu`` / ``reglu`` kernel (the packed kernel where the projection is
-  packed); detected structurally, in any model.
-- ``loss``: for the supported families, the training forward with ``labels``
-  computes the causal-LM loss with ``linear_cross_entropy`` from the final
-  hidden states and the LM-head weight (shift, ``ignore_index=-100``, the
-  Trainer's ``num_items_in_batch``, Gemma2's final-logit soft-cap, tied
-  embeddings) and never materialises the logits: it returns ``logits=None``
-  (as Liger-Kernel does). Without labels, or in eval mode, the forward is the
-  original one (``generate()`` and evaluation metrics are unchanged).
-  ``z_loss``, ``chunk_size`` and ``accum_dtype`` are passed to
-  ``linear_cross_entropy``.
-- ``dropout``: the model's ``nn.Dropout`` modules (Phi3's residual and
-  embedding dropout, ...) become fastact's fused, mask-free dropout.
-  Attention-probability dropout inside the attention function is not a module
-  and is left to torch.
-- ``activations``: other activation modules via :func:`fastact.nn.patch`'s
-  twins (nn.GELU, nn.SiLU, ...).
+- ``glu``: every feed-forward block ``down(act(gate(x)) * up(x))`` (or a
+  packed ``gate_up_proj``, or a per-expert MLP of a MoE) runs act-times-up as
+  one fused ``swiglu`` / ``geglu`` / ``reglu`` kernel, detected from the
+  block's source (:mod:`.mlp`); transformers 5's fused experts modules run
+  their gate on the packed kernel (:mod:`.moe`: gpt-oss's interleaved clamped
+  SwiGLU included), proven on a probe tensor.
+- ``loss``: the training forward with ``labels`` computes the causal-LM loss
+  with ``linear_cross_entropy`` from the final hidden states and the LM-head
+  weight, with the model's logit transform (soft-cap, logit scale) and never
+  materialises the logits: it returns ``logits=None``. The plan is found by
+  structure and proven on a probe batch (:mod:`.causal_lm`); a model that
+  fails the proof keeps its own loss and the report says why. Without
+  labels, or in eval mode, the forward is the original one (``generate()``
+  and evaluation metrics are unchanged). ``z_loss``, ``chunk_size`` and
+  ``accum_dtype`` are passed to ``linear_cross_entropy``.
+- ``dropout``: ``nn.Dropout`` modules become fastact's fused, mask-free
+  dropout. Attention-probability dropout inside the attention function is not
+  a module and is left to torch.
+- ``activations``: transformers' activation modules (``GELUActivation``,
+  ``NewGELUActivation``, ``QuickGELUActivation``, ...; :mod:`.activations`)
+  and torch's (``nn.GELU``, ``nn.SiLU``, ...) on their fastact twins.
 
 The core ``fastact`` never imports transformers; this module needs it
 (``pip install 'fastact[transformers]'``).
@@ -46,36 +50,12 @@ from torch import nn
 from .. import nn as _fnn
 from ..errors import FastactTypeError
 from . import versions
-from .causal_lm import causal_lm_loss, fused_lm_class, is_fused_lm
+from .activations import patch_activations
+from .causal_lm import LossPlan, causal_lm_loss, find_head, fused_lm_class, is_fused_lm, logit_transform, prove
 from .mlp import find_glu, gated_op, patch_mlp
+from .moe import patch_experts
 
-__all__ = ["apply", "causal_lm_loss", "SUPPORTED", "versions", "find_glu", "gated_op"]
-
-#: model_type -> (causal-LM class name, config attribute of a final-logit softcap or None)
-SUPPORTED = {
-    "llama": ("LlamaForCausalLM", None),
-    "mistral": ("MistralForCausalLM", None),
-    "qwen2": ("Qwen2ForCausalLM", None),
-    "qwen3": ("Qwen3ForCausalLM", None),
-    "gemma": ("GemmaForCausalLM", None),
-    "gemma2": ("Gemma2ForCausalLM", "final_logit_softcapping"),
-    "phi3": ("Phi3ForCausalLM", None),
-}
-
-
-def _supported_text() -> str:
-    return (", ".join(f"{name} ({cls})" for name, (cls, _) in SUPPORTED.items()) +
-            ", and any model whose MLP is down(act(gate(x)) * up(x)) with a SiLU/GELU/ReLU activation "
-            "(the GLU part only)")
-
-
-def _family(model: nn.Module) -> Optional[str]:
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    # (a patched model's class keeps its name)
-    if model_type in SUPPORTED and type(model).__name__ == SUPPORTED[model_type][0]:
-        return model_type
-    return None
+__all__ = ["apply", "causal_lm_loss", "versions", "find_glu", "gated_op"]
 
 
 def _swap_twins(model: nn.Module, which) -> dict:
@@ -97,50 +77,74 @@ def _is_activation(cls) -> bool:
     return not _is_dropout(cls) and not issubclass(cls, nn.modules.loss._Loss)
 
 
+def _patch_loss(model: nn.Module, options: dict):
+    """(fused class name, None) or (None, why the loss stays the model's)."""
+    found = find_head(model)
+    if isinstance(found, str):
+        return None, found
+    inner, head = found
+    plan = LossPlan(inner=inner, head=head, **logit_transform(model))
+    reason = prove(model, plan)  # with z_loss 0: the model's own loss
+    if reason is not None:
+        return None, reason
+    for name, value in options.items():
+        setattr(plan, name, value)
+    if not is_fused_lm(model):
+        model.__class__ = fused_lm_class(type(model))
+    model.fastact_loss_plan = plan
+    return type(model).__name__, None
+
+
 def apply(model: nn.Module, *, glu: bool = True, loss: bool = True, dropout: bool = True,
           activations: bool = True, z_loss: float = 0.0, chunk_size: Optional[int] = None,
           accum_dtype: Optional[torch.dtype] = None, check_version: bool = True) -> dict:
     """Patch the instantiated transformers ``model`` in place for fastact's
-    kernels; returns what changed::
+    kernels; returns what changed and, for what it left alone, why::
 
-        {"family": "llama", "glu": {"LlamaMLP": (2, "swiglu")},
-         "loss": "LlamaForCausalLM", "dropout": {}, "activations": {"SiLU": 2}}
+        {"family": "llama", "glu": {"LlamaMLP": (2, "swiglu")}, "experts": {},
+         "loss": "LlamaForCausalLM", "dropout": {}, "activations": {"SiLUActivation": 2},
+         "skipped": {}}
 
-    ``glu``: fused GLU feed-forward blocks. ``loss``: the fused causal-LM loss
-    (supported families' ``...ForCausalLM``; the training forward with
-    labels returns ``logits=None``); ``z_loss`` adds ``z_loss * lse**2`` per
-    token to it, ``chunk_size``/``accum_dtype`` go to ``linear_cross_entropy``.
-    ``dropout``: ``nn.Dropout`` modules on the fused kernel. ``activations``:
-    activation modules on their fastact twins. Raises for a model it does not
-    know (nothing to patch, or ``loss=True`` on an unsupported causal LM
-    without any GLU block) naming what it supports, and for a transformers
-    release outside :data:`versions.SPEC` unless ``check_version=False``.
-    Calling it again on a patched model changes nothing more."""
+    ``glu``: fused GLU feed-forward blocks and MoE expert gates. ``loss``: the
+    fused causal-LM loss, proven on the model first (the training forward
+    with labels returns ``logits=None``); ``z_loss`` adds ``z_loss * lse**2``
+    per token to it, ``chunk_size``/``accum_dtype`` go to
+    ``linear_cross_entropy``. ``dropout``: ``nn.Dropout`` modules on the fused
+    kernel. ``activations``: activation modules on their fastact twins.
+    ``skipped`` maps each part or class left alone to the reason. Raises for a
+    model with nothing to patch, and for a transformers release older than
+    :data:`versions.MIN_VERSION` unless ``check_version=False``; a release
+    newer than the newest tested one gets one warning. Calling it again on a
+    patched model changes nothing more (the loss options are updated)."""
     if check_version:
         versions.check(_transformers.__version__)
     if not isinstance(model, nn.Module):
         raise FastactTypeError(f"fastact.transformers.apply: expected a torch.nn.Module (a transformers model), "
                                f"got {type(model).__name__}")
-    family = _family(model)
-    changed = {"family": family, "glu": {}, "loss": None, "dropout": {}, "activations": {}}
+    config = getattr(model, "config", None)
+    changed = {"family": getattr(config, "model_type", None), "glu": {}, "experts": {}, "loss": None,
+               "dropout": {}, "activations": {}, "skipped": {}}
     if glu:
         changed["glu"] = patch_mlp(model)
-    if loss and family is not None:
-        if not is_fused_lm(model):
-            model.__class__ = fused_lm_class(type(model))
-        model.fastact_loss_options = {"softcap_attr": SUPPORTED[family][1], "z_loss": float(z_loss),
-                                      "chunk_size": chunk_size, "accum_dtype": accum_dtype}
-        changed["loss"] = type(model).__name__
+        changed["experts"], skipped = patch_experts(model)
+        changed["skipped"].update(skipped)
+    if activations:
+        changed["activations"], skipped = patch_activations(model)
+        changed["skipped"].update(skipped)
+        changed["activations"].update(_swap_twins(model, _is_activation))
     if dropout:
         changed["dropout"] = _swap_twins(model, _is_dropout)
-    if activations:
-        changed["activations"] = _swap_twins(model, _is_activation)
+    if loss:
+        options = {"z_loss": float(z_loss), "chunk_size": chunk_size, "accum_dtype": accum_dtype}
+        changed["loss"], reason = _patch_loss(model, options)
+        if reason is not None:
+            changed["skipped"]["loss"] = reason
     already = any(_fnn_fused(m) for m in model.modules())
-    if family is None and not changed["glu"] and not already:
+    if not already and not any(changed[k] for k in ("glu", "experts", "loss", "dropout", "activations")):
         raise FastactTypeError(
-            f"fastact.transformers.apply: does not know {type(model).__name__} "
-            f"(model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r}): no GLU block and "
-            f"not a supported causal LM. Supported: {_supported_text()}.")
+            f"fastact.transformers.apply: nothing to patch in {type(model).__name__} "
+            f"(model_type {changed['family']!r}): no GLU block, experts gate, activation or dropout module "
+            f"fastact computes, and no causal-LM loss it can prove ({changed['skipped'].get('loss', 'loss=False')}).")
     previous = getattr(model, "fastact_patched", {})
     model.fastact_patched = {**previous, **{k: v for k, v in changed.items() if v}}
     return changed

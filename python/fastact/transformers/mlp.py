@@ -15,6 +15,7 @@ block that adds a scale, a bias term or a clamp is left alone.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import textwrap
 from typing import Optional
@@ -75,17 +76,30 @@ def _forward_ast(cls) -> Optional[ast.FunctionDef]:
     return fn if isinstance(fn, ast.FunctionDef) else None
 
 
+class _Inline(ast.NodeTransformer):
+    def __init__(self, env: dict):
+        self.env = env
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.env:
+            return copy.deepcopy(self.env[node.id])
+        return node
+
+
 def _returned_expr(fn: ast.FunctionDef) -> Optional[ast.expr]:
-    """The returned expression of a body ``return e`` or ``y = e; return y``
-    (docstring allowed)."""
+    """The returned expression of a straight-line body of single-name
+    assignments and a ``return`` (docstring allowed), with every assigned
+    name replaced by its value: ``y = a(x) * b(x); y = c(y); return y``
+    (Mixtral's per-expert MLP) gives ``c(a(x) * b(x))``."""
     body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    if len(body) == 1 and isinstance(body[0], ast.Return):
-        return body[0].value
-    if (len(body) == 2 and isinstance(body[0], ast.Assign) and len(body[0].targets) == 1
-            and isinstance(body[0].targets[0], ast.Name) and isinstance(body[1], ast.Return)
-            and isinstance(body[1].value, ast.Name) and body[1].value.id == body[0].targets[0].id):
-        return body[0].value
-    return None
+    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
+        return None
+    env: dict = {}
+    for stmt in body[:-1]:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            return None
+        env[stmt.targets[0].id] = _Inline(env).visit(copy.deepcopy(stmt.value))
+    return _Inline(env).visit(copy.deepcopy(body[-1].value))
 
 
 def _separate_form(cls) -> Optional[tuple]:

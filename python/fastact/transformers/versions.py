@@ -1,21 +1,25 @@
-"""The transformers releases the patch is written against and tested with.
+"""The transformers releases the patch is tested with.
 
-What the patch relies on beyond transformers' public API (the attribute
-names of the MLPs and causal-LM heads, the forward signatures, the
-loss-function semantics, how the Trainer passes ``num_items_in_batch``) is
-pinned by tests/test_transformers.py::test_private_surface_*; a release
-outside this range gets a clear error from ``apply`` instead of a silent
-mis-patch (``check_version=False`` overrides it at your own risk).
+Correctness does not come from a version number: every loss patch is proven
+on the model itself before it is enabled (:func:`.causal_lm.prove`), every
+activation and experts gate on a probe tensor. The range says what CI runs:
+the oldest supported release, 4.57.6 and the newest tested 5.x. Older
+releases than :data:`MIN_VERSION` are refused (their modeling code predates
+the keyword arguments the patch passes through); a release newer than the
+newest tested one is tried, with one warning.
 """
 from __future__ import annotations
 
 import re
+import warnings
 
-#: The supported range, as pinned in pyproject.toml's ``transformers`` extra.
-#: 4.51 is the first release with Qwen3; 5.0 reorganised the modeling code.
-MIN_VERSION = (4, 51, 0)
-MAX_VERSION_EXCLUSIVE = (5, 0, 0)
-SPEC = ">=4.51,<5"
+#: The oldest supported release (pyproject.toml's ``transformers`` extra).
+MIN_VERSION = (4, 52, 0)
+#: The newest release CI tests (the Makefile's TRANSFORMERS_SPEC).
+NEWEST_TESTED = (5, 24, 0)
+SPEC = ">=4.52"
+
+_warned: set = set()
 
 
 def parse(version: str) -> tuple:
@@ -25,13 +29,20 @@ def parse(version: str) -> tuple:
 
 
 def supported(version: str) -> bool:
-    return MIN_VERSION <= parse(version) < MAX_VERSION_EXCLUSIVE
+    return parse(version) >= MIN_VERSION
 
 
 def check(version: str) -> None:
+    """Raise for a release older than :data:`MIN_VERSION`; warn once for one
+    newer than :data:`NEWEST_TESTED`."""
     if not supported(version):
         raise RuntimeError(
-            f"fastact.transformers supports transformers{SPEC}, found transformers {version}. Install a "
-            f"supported release (pip install 'fastact[transformers]'), or pass check_version=False to "
-            f"fastact.transformers.apply to try anyway (the forward and MLP patches assume the "
-            f"{SPEC} modeling code).")
+            f"fastact.transformers supports transformers{SPEC}, found transformers {version}. Upgrade "
+            f"(pip install -U 'fastact[transformers]'), or pass check_version=False to "
+            f"fastact.transformers.apply to try anyway (each patch is still proven on the model).")
+    if parse(version)[:2] > NEWEST_TESTED[:2] and version not in _warned:
+        _warned.add(version)
+        newest = ".".join(map(str, NEWEST_TESTED))
+        warnings.warn(f"fastact.transformers is tested up to transformers {newest}; found {version}. Each patch "
+                      f"is proven on the model before it is enabled, and one that fails the proof is left out "
+                      f"(see the report apply returns).", stacklevel=3)
