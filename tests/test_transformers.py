@@ -65,7 +65,8 @@ def loss_and_grads(model, ids, labels, **kw):
 GLU_OP = {"llama": "swiglu", "mistral": "swiglu", "qwen2": "swiglu", "qwen3": "swiglu", "gemma": "geglu[tanh]",
           "gemma2": "geglu[tanh]", "phi3": "swiglu (packed)", "cohere": "swiglu", "granite": "swiglu"}
 #: activation modules that must be on fastact in these types (non-GLU MLPs)
-ACTIVATION = {"gpt2": "NewGELUActivation", "starcoder2": "GELUTanh" if TF5 else "PytorchGELUTanh",
+ACTIVATION = {"gpt2": "NewGELUActivation",
+              "starcoder2": "GELUTanh" if ft.versions.parse(transformers.__version__) >= (4, 56, 0) else "PytorchGELUTanh",
               "gpt_neox": "GELUActivation", "phi": "NewGELUActivation", "nemotron": "ReLUSquaredActivation",
               "opt": "ReLU"}
 MOE_EXPERTS = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"}
