@@ -149,6 +149,45 @@ class _LogprobOptions(NamedTuple):
     entropy: bool
 
 
+def _logprob_rows(z: Tensor, index: Tensor, o: _LogprobOptions):
+    """(logsumexp, log p(target)[, entropy]) of the rows of logits ``z``
+    (consumed) divided by the temperature."""
+    if o.temperature != 1.0:
+        z.div_(o.temperature)
+    lse = torch.logsumexp(z, 1)
+    logp = z.gather(1, index).squeeze(1) - lse
+    if not o.entropy:
+        return lse, logp
+    # H = -sum p log p on log p = z - lse (rather than lse - sum p z: no
+    # cancellation between two large numbers)
+    z.sub_(lse[:, None])
+    return lse, logp, torch.exp(z).mul_(z).sum(1).neg_()
+
+
+def _logprob_grad_rows(z: Tensor, index: Tensor, lse: Tensor, entropy: Optional[Tensor], g_logp: Optional[Tensor],
+                       g_ent: Optional[Tensor], temperature: float) -> Tensor:
+    """d(sum g_logp * log p(target) + g_ent * H) / d(logits) for the rows of
+    logits ``z`` (consumed): with log p = z / T - lse, d log p_t / d(z/T) =
+    onehot_t - p and dH / d(z_c/T) = -p_c (log p_c + H), so
+    dz = (-p * (g_logp + g_ent * (log p + H)) + g_logp * onehot) / T."""
+    if temperature != 1.0:
+        z.div_(temperature)
+    logp = z.sub_(lse[:, None])
+    p = torch.exp(logp)
+    if g_ent is not None:
+        coef = logp.add_(entropy[:, None]).mul_(g_ent[:, None])
+        if g_logp is not None:
+            coef.add_(g_logp[:, None])
+        dz = p.mul_(coef).neg_()
+    else:
+        dz = p.mul_(-g_logp[:, None])
+    if g_logp is not None:
+        dz.scatter_add_(1, index, g_logp[:, None])
+    if temperature != 1.0:
+        dz.div_(temperature)
+    return dz
+
+
 class _LinearLogprobs(torch.autograd.Function):
     """Per-token log p(target) and entropy of softmax(hidden @ weight.T + bias) / T,
     chunk by chunk. Saves the operands, the target and two (N,) vectors (the
@@ -163,16 +202,11 @@ class _LinearLogprobs(torch.autograd.Function):
         lse = hidden.new_empty((n,), dtype=dtype)
         entropy = hidden.new_empty((n,), dtype=dtype) if o.entropy else None
         for s, e in _spans(n, o.chunk):
-            z = _chunk_logits(hidden, weight, bias, s, e, dtype)
-            if o.temperature != 1.0:
-                z.div_(o.temperature)
-            lse[s:e] = row_lse = torch.logsumexp(z, 1)
-            logp[s:e] = z.gather(1, index[s:e]).squeeze(1) - row_lse
+            # (the logits passed as a temporary: freed when the chunk's rows are done)
+            rows = _logprob_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), index[s:e], o)
+            lse[s:e], logp[s:e] = rows[:2]
             if entropy is not None:
-                # H = -sum p log p on log p = z - lse (rather than lse - sum p z:
-                # no cancellation between two large numbers)
-                z.sub_(row_lse[:, None])
-                entropy[s:e] = -(torch.exp(z) * z).sum(1)
+                entropy[s:e] = rows[2]
         zero = torch.zeros((), dtype=dtype, device=hidden.device)
         logp = torch.where(counted, logp, zero)
         if entropy is not None:
@@ -199,25 +233,12 @@ class _LinearLogprobs(torch.autograd.Function):
         g_ent = torch.where(counted, grad_entropy.to(dtype), zero) if grad_entropy is not None else None
         grads = _grad_accumulator(hidden, weight, bias, needs)
         for s, e in _spans(hidden.shape[0], o.chunk):
-            z = _chunk_logits(hidden, weight, bias, s, e, dtype)
-            if o.temperature != 1.0:
-                z.div_(o.temperature)
-            logp = z.sub_(lse[s:e, None])
-            p = torch.exp(logp)
-            # d logp_t / dz = onehot_t - p; dH / dz_c = -p_c (log p_c + H):
-            # dz = -p * (g_logp + g_ent * (log p + H)) + g_logp * onehot
-            if g_ent is not None:
-                coef = logp.add_(entropy[s:e, None]).mul_(g_ent[s:e, None])
-                if g_logp is not None:
-                    coef.add_(g_logp[s:e, None])
-                dz = p.mul_(coef).neg_()
-            else:
-                dz = p.mul_(-g_logp[s:e, None])
-            if g_logp is not None:
-                dz.scatter_add_(1, index[s:e], g_logp[s:e, None])
-            if o.temperature != 1.0:
-                dz.div_(o.temperature)
+            dz = _logprob_grad_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), index[s:e], lse[s:e],
+                                    entropy[s:e] if entropy is not None else None,
+                                    g_logp[s:e] if g_logp is not None else None,
+                                    g_ent[s:e] if g_ent is not None else None, o.temperature)
             _fold(grads, s, e, dz, hidden, weight)
+            del dz  # (before the next chunk's logits exist)
         return grads.result(None) + (None, None)
 
 
@@ -288,10 +309,11 @@ def _distill_rows(zs: Tensor, zt: Tensor, index: Tensor, o: _DistillOptions, gra
         lse = torch.logsumexp(zs, 1)
         loss += a * (lse - zs.gather(1, index).squeeze(1))
         if grad_rows is not None:
-            dz = torch.exp(zs - lse[:, None]).mul_(a * grad_rows[:, None])
+            dz = torch.sub(zs, lse[:, None]).exp_().mul_(a * grad_rows[:, None])
             dz.scatter_add_(1, index, (-a * grad_rows)[:, None])
     if a == 1.0:
         return loss, dz
+    # in place where the chunk's buffers allow: at most ~6 (rows, V) tensors live
     if T != 1.0:
         zs.div_(T)
         zt.div_(T)
@@ -300,25 +322,26 @@ def _distill_rows(zs: Tensor, zt: Tensor, index: Tensor, o: _DistillOptions, gra
     q = torch.exp(log_q)
     if o.kind == "kl":
         p = torch.exp(log_p)
-        div = (p * (log_p - log_q)).sum(1)
-        g = (q - p) if grad_rows is not None else None
+        div = log_p.sub_(log_q).mul_(p).sum(1)  # sum p (log p - log q)
+        g = q.sub_(p)
     elif o.kind == "reverse_kl":
-        diff = log_q - log_p
-        div = (q * diff).sum(1)
-        g = q * diff.sub_(div[:, None]) if grad_rows is not None else None
+        diff = log_q.sub_(log_p)
+        div = (q * diff).sum(1)  # sum q (log q - log p)
+        g = diff.sub_(div[:, None]).mul_(q)
     else:
         beta = o.beta
-        log_m = torch.logaddexp(log_p + math.log(beta) if beta > 0 else torch.full_like(log_p, -math.inf),
-                                log_q + math.log1p(-beta) if beta < 1 else torch.full_like(log_q, -math.inf))
+        # log m = logaddexp(log beta + log p, log(1 - beta) + log q), -inf terms for beta in {0, 1}
+        log_m = log_p + (math.log(beta) if beta > 0 else -math.inf)
+        scratch = log_q + (math.log1p(-beta) if beta < 1 else -math.inf)
+        torch.logaddexp(log_m, scratch, out=log_m)
         div = zs.new_zeros(zs.shape[0])
         if beta > 0:
-            div += beta * (torch.exp(log_p) * (log_p - log_m)).sum(1)
-        if beta < 1:
-            gq = (log_q - log_m).mul_(1 - beta)
-            div += (q * gq).sum(1)  # (1 - beta) sum q (log q - log m)
-        else:
-            gq = torch.zeros_like(q)
-        g = q * gq.sub_((q * gq).sum(1, keepdim=True)) if grad_rows is not None else None
+            p = torch.exp(log_p, out=scratch)
+            div += beta * log_p.sub_(log_m).mul_(p).sum(1)  # beta sum p (log p - log m)
+        gq = log_q.sub_(log_m).mul_(1 - beta)  # d/dq of (1 - beta) sum q (log q - log m), see above
+        qgq = torch.mul(q, gq, out=scratch).sum(1)
+        div += qgq
+        g = gq.sub_(qgq[:, None]).mul_(q)
     loss += (1 - a) * div
     if grad_rows is not None:
         g.mul_(((1 - a) / T) * grad_rows[:, None])
@@ -337,9 +360,9 @@ class _LinearDistill(torch.autograd.Function):
         counted, index = _counted(target, o)
         loss = s_hidden.new_empty((n,), dtype=dtype)
         for s, e in _spans(n, o.chunk):
-            zs = _chunk_logits(s_hidden, s_weight, s_bias, s, e, dtype)
-            zt = _chunk_logits(t_hidden, t_weight, t_bias, s, e, dtype)
-            loss[s:e] = _distill_rows(zs, zt, index[s:e], o)[0]
+            # (the logits passed as temporaries: freed when the chunk's rows are done)
+            loss[s:e] = _distill_rows(_chunk_logits(s_hidden, s_weight, s_bias, s, e, dtype),
+                                      _chunk_logits(t_hidden, t_weight, t_bias, s, e, dtype), index[s:e], o)[0]
         loss = torch.where(counted, loss, torch.zeros((), dtype=dtype, device=loss.device))
         ctx.o = o
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, target)
@@ -358,10 +381,10 @@ class _LinearDistill(torch.autograd.Function):
         g = torch.where(counted, grad_loss.to(dtype), torch.zeros((), dtype=dtype, device=grad_loss.device))
         grads = _grad_accumulator(s_hidden, s_weight, s_bias, needs)
         for s, e in _spans(s_hidden.shape[0], o.chunk):
-            zs = _chunk_logits(s_hidden, s_weight, s_bias, s, e, dtype)
-            zt = _chunk_logits(t_hidden, t_weight, t_bias, s, e, dtype)
-            dz = _distill_rows(zs, zt, index[s:e], o, g[s:e])[1]
+            dz = _distill_rows(_chunk_logits(s_hidden, s_weight, s_bias, s, e, dtype),
+                               _chunk_logits(t_hidden, t_weight, t_bias, s, e, dtype), index[s:e], o, g[s:e])[1]
             _fold(grads, s, e, dz, s_hidden, s_weight)
+            del dz  # (before the next chunk's logits exist)
         return grads.result(None) + none
 
 
