@@ -533,7 +533,7 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
     dtype = hidden.dtype
     hidden, w, b, widened = cpu_float32(hidden, w, b)
     chunk = chunk_rows(n, w.shape[0], hidden.shape[-1], hidden.element_size(), chunk_size, hidden.device.type,
-                        widened)
+                       widened)
     options = (int(ignore_index), float(label_smoothing), float(z_loss))
     loss = _VocabParallelLinearCrossEntropy.apply(hidden, w, b, local_target, mesh.get_group(vdim), offset[0], v,
                                                   chunk, options)

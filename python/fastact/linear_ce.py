@@ -344,7 +344,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if chunk_size is None:
         chunk_size = _options_chunk(options)
     chunk = chunk_rows(n, d * classes, in_features, hidden.element_size(), chunk_size, hidden.device.type,
-                        widened)
+                       widened)
     o = _Options(classes, d, ignore_index, float(label_smoothing), float(z_loss),
                  float(softcap) if softcap else 0.0, chunk, accum_dtype)
     loss_shape = (*input.shape[:-1], *out_features)
