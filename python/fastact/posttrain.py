@@ -74,12 +74,6 @@ def _fold(grads: ChunkGrads, s: int, e: int, dz: Tensor, hidden: Tensor, weight:
 
 
 def _check_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    if is_dtensor(input) or is_dtensor(weight) or is_dtensor(bias):
-        # never silently wrong: a vocabulary-sharded head needs all-reduced
-        # row statistics, which these heads do not implement yet
-        raise NotImplementedError(f"{op}: DTensor (vocabulary-parallel) heads are not supported yet; pass the "
-                                  f"local tensors of a replicated head, or gather the weight "
-                                  f"(weight.full_tensor())")
     for what, t in ((f"{name}input", input), (f"{name}weight", weight), (f"{name}bias", bias)):
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"{op}: {what} must be a Tensor, got {type(t).__name__}")
@@ -102,9 +96,27 @@ def _check_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optiona
             raise ValueError(f"{op}: {what} is on {t.device}, {name}input on {input.device}")
 
 
+def _gather_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """(weight, bias) as plain tensors. A DTensor head (e.g. a column-parallel
+    LM head sharded on the vocabulary) is gathered with ``full_tensor()``,
+    which autograd differentiates (each rank's shard receives its slice of
+    the gradient): correct, but it holds the full weight on every rank for
+    the duration of the call, unlike linear_cross_entropy's
+    vocabulary-parallel path, which all-reduces row statistics instead. The
+    input (and target) must be plain tensors, the same on every rank."""
+    if is_dtensor(input):
+        raise NotImplementedError(f"{op}: a DTensor {name}input is not supported; pass its local (replicated) "
+                                  f"tensor")
+    weight = weight.full_tensor() if is_dtensor(weight) else weight
+    bias = bias.full_tensor() if is_dtensor(bias) else bias
+    return weight, bias
+
+
 def _check_target(op: str, target: Tensor, lead: tuple, device) -> None:
     if not isinstance(target, Tensor):
         raise TypeError(f"{op}: target must be a Tensor of class indices, got {type(target).__name__}")
+    if is_dtensor(target):
+        raise NotImplementedError(f"{op}: a DTensor target is not supported; pass its local (replicated) tensor")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{op}: target must hold class indices (an integer tensor), got {target.dtype}")
     if tuple(target.shape) != lead:
@@ -263,6 +275,7 @@ def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, lin
     module's docstring). Under torch.compile this function is a graph break
     (it runs eagerly)."""
     op = "fastact.linear_logprobs"
+    linear_weight, linear_bias = _gather_head(op, "", input, linear_weight, linear_bias)
     _check_head(op, "", input, linear_weight, linear_bias)
     lead = tuple(input.shape[:-1])
     _check_target(op, target, lead, input.device)
@@ -418,6 +431,9 @@ def linear_distill_loss(student_input: Tensor, student_weight: Tensor, teacher_i
     vocabulary. The teacher gets no gradient. The loss is float32 (float64
     for a float64 student), computed in float32 for half types."""
     op = "fastact.linear_distill_loss"
+    student_weight, student_bias = _gather_head(op, "student_", student_input, student_weight, student_bias)
+    with torch.no_grad():
+        teacher_weight, teacher_bias = _gather_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
     _check_head(op, "student_", student_input, student_weight, student_bias)
     _check_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
     lead = tuple(student_input.shape[:-1])
