@@ -438,6 +438,32 @@ def test_modules():
                                            reduction="sum", hard_label_weight=0.2, bs=bs, bt=bt))
 
 
+def test_signatures_follow_api():
+    # shared/API.md: names, order, keyword-only options and defaults
+    import inspect
+
+    def sig(fn):
+        return [(p.name, p.kind == p.KEYWORD_ONLY, p.default) for p in inspect.signature(fn).parameters.values()]
+    e = inspect.Parameter.empty
+    assert sig(F.linear_logprobs) == [
+        ("input", False, e), ("linear_weight", False, e), ("target", False, e), ("linear_bias", True, None),
+        ("temperature", True, 1.0), ("return_entropy", True, False), ("ignore_index", True, -100),
+        ("chunk_size", True, None)]
+    assert sig(F.linear_distill_loss) == [
+        ("student_input", False, e), ("student_weight", False, e), ("teacher_input", False, e),
+        ("teacher_weight", False, e), ("target", False, None), ("kind", True, "kl"), ("beta", True, 0.5),
+        ("temperature", True, 1.0), ("ignore_index", True, -100), ("reduction", True, "batchmean"),
+        ("chunk_size", True, None), ("hard_label_weight", True, 0.0), ("student_bias", True, None),
+        ("teacher_bias", True, None)]
+    assert {"linear_logprobs", "linear_distill_loss"} <= set(F.__all__)
+    assert {"LinearLogprobs", "LinearDistillLoss"} <= set(fnn.__all__)
+    assert [n for n, *_ in sig(fnn.LinearLogprobs.forward)] == ["self", "input", "linear_weight", "target",
+                                                                 "linear_bias"]
+    assert [n for n, *_ in sig(fnn.LinearDistillLoss.forward)] == [
+        "self", "student_input", "student_weight", "teacher_input", "teacher_weight", "target", "student_bias",
+        "teacher_bias"]
+
+
 def _dtensor_worker(rank, world, init_file, result_file):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
