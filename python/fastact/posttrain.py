@@ -166,14 +166,20 @@ def _logprob_rows(z: Tensor, index: Tensor, o: _LogprobOptions):
     (consumed) divided by the temperature."""
     if o.temperature != 1.0:
         z.div_(o.temperature)
-    lse = torch.logsumexp(z, 1)
-    logp = z.gather(1, index).squeeze(1) - lse
+    # relative to the row max m (z' = z - m <= 0, in place): with s = sum
+    # exp(z'), lse = m + log s and log p_t = z'_t - log s; the entropy H =
+    # log s - sum(exp(z') z') / s is a sum of two non-negative terms (no
+    # cancellation), from the same exp(z') as s
+    m = z.amax(1) if z.shape[1] else z.new_zeros(z.shape[0])
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    z.sub_(m[:, None])
+    e = torch.exp(z)
+    s = e.sum(1)
+    log_s = torch.log(s)
+    logp = z.gather(1, index).squeeze(1) - log_s
     if not o.entropy:
-        return lse, logp
-    # H = -sum p log p on log p = z - lse (rather than lse - sum p z: no
-    # cancellation between two large numbers)
-    z.sub_(lse[:, None])
-    return lse, logp, torch.exp(z).mul_(z).sum(1).neg_()
+        return m + log_s, logp
+    return m + log_s, logp, log_s - e.mul_(z).sum(1) / s
 
 
 def _logprob_grad_rows(z: Tensor, index: Tensor, lse: Tensor, entropy: Optional[Tensor], g_logp: Optional[Tensor],
