@@ -306,9 +306,12 @@ def test_grpo_step_matches_torch():
 
 def distill_inputs(n=19, hs=10, ht=14, v=31, seed=12, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    xs, ws = torch.randn(n, hs, generator=g, dtype=torch.float64), torch.randn(v, hs, generator=g, dtype=torch.float64) / 3
-    xt, wt = torch.randn(n, ht, generator=g, dtype=torch.float64), torch.randn(v, ht, generator=g, dtype=torch.float64) / 3
-    bs, bt = torch.randn(v, generator=g, dtype=torch.float64) / 3, torch.randn(v, generator=g, dtype=torch.float64) / 3
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+    xs, ws = randn(n, hs), randn(v, hs) / 3
+    xt, wt = randn(n, ht), randn(v, ht) / 3
+    bs, bt = randn(v) / 3, randn(v) / 3
     t = torch.randint(0, v, (n,), generator=g)
     t[[i for i in (2, 7) if i < n]] = -100
     return [a.to(device) for a in (xs, ws, bs, xt, wt, bt, t)]
@@ -319,7 +322,8 @@ def distill_inputs(n=19, hs=10, ht=14, v=31, seed=12, device="cpu"):
 @pytest.mark.parametrize("kind", ["kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
 @pytest.mark.parametrize("opts", [dict(), dict(temperature=2.0, hard_label_weight=0.25, bias=True),
-                                  dict(temperature=0.5, beta=0.2, chunk_size=4)], ids=["plain", "T2-hard-bias", "T05-chunk"])
+                                  dict(temperature=0.5, beta=0.2, chunk_size=4)],
+                         ids=["plain", "T2-hard-bias", "T05-chunk"])
 def test_distill_matches_torch(device, dtype, kind, reduction, opts):
     opts = dict(opts)
     bias = opts.pop("bias", False)
