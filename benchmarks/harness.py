@@ -141,7 +141,7 @@ class Row:
     peak_mb: Optional[float] = None
     speedup_vs_eager: Optional[float] = None
     extra: dict = field(default_factory=dict)
-    family: str = ""   # "activations", "glu", "dropout", "losses", "linear_ce", "transformers" (set by run.py)
+    family: str = ""   # "activations", "glu", "dropout", "losses", "linear_ce", "posttrain", "transformers" (set by run.py)
 
 
 def peak_memory_mb(device: str, fn: Callable[[], object]) -> Optional[float]:
@@ -191,6 +191,8 @@ def family_of(op: str) -> str:
         return "dropout"
     if base in ("linear_cross_entropy", "vocab_parallel_cross_entropy"):
         return "linear_ce"
+    if base in ("linear_logprobs", "linear_distill_loss"):
+        return "posttrain"
     if base.startswith("llama train step"):
         return "transformers"
     return "losses"

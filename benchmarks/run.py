@@ -16,6 +16,7 @@ import bench_dropout  # noqa: E402
 import bench_glu  # noqa: E402
 import bench_linear_ce  # noqa: E402
 import bench_losses  # noqa: E402
+import bench_posttrain  # noqa: E402
 import bench_transformers  # noqa: E402
 from harness import (Timer, context, copy_bandwidth, markdown_table, read_results, verdicts,  # noqa: E402
                      write_results)
@@ -73,7 +74,7 @@ def main() -> int:
 
     families = [("activations", bench_activations), ("glu", bench_glu), ("dropout", bench_dropout),
                 ("losses", bench_losses),
-                ("linear_ce", bench_linear_ce)]
+                ("linear_ce", bench_linear_ce), ("posttrain", bench_posttrain)]
     if bench_transformers.available():  # a Hugging Face LLaMA training step, unpatched vs fastact.transformers
         families.append(("transformers", bench_transformers))
     rows = []

@@ -417,18 +417,18 @@ def test_cpu_default_chunk_follows_torch_rule():
     # the CPU chunk buffer is torch's "aspect_ratio" size (the peak-memory
     # contract with torch's chunked path), 4x for bf16/fp16 run in float32,
     # and never fewer than 128 tokens (the matmuls' speed)
-    from fastact.linear_ce import _CPU_MIN_ROWS, _chunk_rows
+    from fastact.linear_ce import CPU_MIN_ROWS, chunk_rows
 
-    assert _CPU_MIN_ROWS == 128
-    assert _chunk_rows(2048, 32000, 512, 4, None, "cpu") == 128
-    assert _chunk_rows(65536, 32000, 512, 4, None, "cpu") == 2048
-    assert _chunk_rows(65536, 32000, 512, 4, None, "cpu", widened=True) == 4 * 2048
-    assert _chunk_rows(1024, 128256, 256, 4, None, "cpu") == 128
-    assert _chunk_rows(10, 100, 512, 4, None, "cpu") == 10
-    assert _chunk_rows(2048, 32000, 512, 4, 7, "cpu") == 7
+    assert CPU_MIN_ROWS == 128
+    assert chunk_rows(2048, 32000, 512, 4, None, "cpu") == 128
+    assert chunk_rows(65536, 32000, 512, 4, None, "cpu") == 2048
+    assert chunk_rows(65536, 32000, 512, 4, None, "cpu", widened=True) == 4 * 2048
+    assert chunk_rows(1024, 128256, 256, 4, None, "cpu") == 128
+    assert chunk_rows(10, 100, 512, 4, None, "cpu") == 10
+    assert chunk_rows(2048, 32000, 512, 4, 7, "cpu") == 7
     options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
     if options is not None:
         for n, h, v in ((2048, 512, 32000), (8192, 256, 128256), (1024, 256, 16000), (37, 64, 1000),
                         (65536, 512, 32000), (100000, 4096, 32000)):
             theirs = options()._adjust(n, h, v, torch.float32, torch.device("cpu")).batch_chunk_size
-            assert _chunk_rows(n, v, h, 4, None, "cpu") == min(n, max(theirs, 128))
+            assert chunk_rows(n, v, h, 4, None, "cpu") == min(n, max(theirs, 128))

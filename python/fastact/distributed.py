@@ -507,7 +507,7 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
     input [N, H] is a plain tensor (replicated over that mesh dim, as after a
     row-parallel layer) or a DTensor (rows sharded or replicated); the result
     has the input's kind."""
-    from .linear_ce import _chunk_rows, _cpu_float32
+    from .linear_ce import chunk_rows, cpu_float32
 
     op = "fastact.linear_cross_entropy"
     vdim = _vocab_mesh_dim(linear_weight.placements, 0, op)
@@ -531,9 +531,9 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
         target.to_local() if isinstance(target, DTensor) else target)
     n = hidden.shape[0]
     dtype = hidden.dtype
-    hidden, w, b, widened = _cpu_float32(hidden, w, b)
-    chunk = _chunk_rows(n, w.shape[0], hidden.shape[-1], hidden.element_size(), chunk_size, hidden.device.type,
-                        widened)
+    hidden, w, b, widened = cpu_float32(hidden, w, b)
+    chunk = chunk_rows(n, w.shape[0], hidden.shape[-1], hidden.element_size(), chunk_size, hidden.device.type,
+                       widened)
     options = (int(ignore_index), float(label_smoothing), float(z_loss))
     loss = _VocabParallelLinearCrossEntropy.apply(hidden, w, b, local_target, mesh.get_group(vdim), offset[0], v,
                                                   chunk, options)

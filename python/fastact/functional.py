@@ -222,6 +222,12 @@ __all__ += ["cross_entropy", "softmax", "log_softmax", "mse_loss", "linear_cross
             "vocab_parallel_cross_entropy"]
 
 
+# --- post-training heads (posttrain.py) -----------------------------------------------------
+from .posttrain import linear_distill_loss, linear_logprobs  # noqa: E402
+
+__all__ += ["linear_logprobs", "linear_distill_loss"]
+
+
 # Errors: every ValueError / TypeError leaving these functions is also a
 # RuntimeError (errors.py), as torch raises RuntimeError for most bad arguments.
 from .errors import torch_errors as _torch_errors  # noqa: E402

@@ -16,14 +16,16 @@ _ops = torch.ops.fastact
 __all__ = ["linear_cross_entropy", "vocab_parallel_cross_entropy"]
 
 
-# The fewest tokens per chunk on the CPU (see _chunk_rows).
-_CPU_MIN_ROWS = 128
+# The fewest tokens per chunk on the CPU (see chunk_rows).
+CPU_MIN_ROWS = 128
 
 
-def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int], device_type: str,
-                widened: bool = False) -> int:
+def chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int], device_type: str,
+               widened: bool = False, op: str = "fastact.linear_cross_entropy") -> int:
     """Tokens per chunk. One (rows x V) buffer lives at a time (the chunk's
-    logits, overwritten by their gradient).
+    logits, overwritten by their gradient). Shared with the post-training
+    heads (posttrain.py) and the vocabulary-parallel head (distributed.py);
+    ``op`` names the caller in the error message.
 
     CPU: torch's own rule (LinearCrossEntropyOptions' "aspect_ratio"), a
     buffer about the size of the input: rows = next_pow2(ceil(N / ceil(V /
@@ -45,19 +47,19 @@ def _chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int]
     enough rows to fill the GPU (84 MB, 327 rows at N=8192, V=128256 bf16)."""
     if chunk_size is not None:
         if chunk_size < 1:
-            raise ValueError(f"fastact.linear_cross_entropy: chunk_size must be positive, got {chunk_size}")
+            raise ValueError(f"{op}: chunk_size must be positive, got {chunk_size}")
         return int(chunk_size)
     if device_type == "cpu":
         per_row = -(-max(1, v) // max(1, h))
         target = max(1, -(-n // per_row))
         rows = (1 << (target - 1).bit_length()) * (4 if widened else 1)
-        return max(1, min(n, max(rows, _CPU_MIN_ROWS)))
+        return max(1, min(n, max(rows, CPU_MIN_ROWS)))
     row_bytes = max(1, v * itemsize)
     budget = max(32 << 20, (n * row_bytes) // 25)
     return max(1, min(n, budget // row_bytes))
 
 
-def _cpu_float32(hidden, weight, bias):
+def cpu_float32(hidden, weight, bias):
     """(hidden, weight, bias, widened): bfloat16/float16 operands on the CPU
     as float32. CPU matmuls in half types are emulated (many times slower
     than in float32) and would round the chunk's logits and gradients, and
@@ -123,7 +125,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = hidden.new_empty((n * d,), dtype=acc)
         lse = hidden.new_empty((n * d,), dtype=torch.float64)
         eager_grads = row_grad is not None and any(ctx.needs_input_grad[:3]) and not ctx.needs_input_grad[3]
-        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, o.accum_dtype) if eager_grads else None
+        grads = ChunkGrads(hidden, weight, bias, ctx.needs_input_grad, o.accum_dtype) if eager_grads else None
         options = o.row_options()
         for s, e, z in _Chunks(hidden, weight, bias, o.chunk):
             rows, tgt = z.view(-1, o.classes), target[s * d:e * d]
@@ -156,7 +158,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             return grads + (None,) * 4
         hidden, weight, bias, target, class_weight, lse = ctx.saved_tensors
         o, d = ctx.o, ctx.o.per_token
-        grads = _Grads(hidden, weight, bias, ctx.needs_input_grad, o.accum_dtype)
+        grads = ChunkGrads(hidden, weight, bias, ctx.needs_input_grad, o.accum_dtype)
         grad_target = torch.empty_like(target) if ctx.needs_input_grad[3] else None
         for s, e, z in _Chunks(hidden, weight, bias, o.chunk):
             rows, g = z.view(-1, o.classes), grad_loss[s * d:e * d]
@@ -170,9 +172,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grads.result(None) + (grad_target, None, None, None)
 
 
-class _Grads:
+class ChunkGrads:
     """grad_hidden (written chunk by chunk), grad_weight and grad_bias
-    (accumulated over chunks). grad_weight accumulates in `accum_dtype` (None:
+    (accumulated over chunks); shared with posttrain.py. grad_weight accumulates in `accum_dtype` (None:
     the weight's dtype, directly in the returned gradient; with bf16/fp16
     weights each chunk's contribution is then rounded once, like Liger-Kernel
     does -- float32 keeps torch's precision at the cost of a float32 copy of
@@ -326,7 +328,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if lin_w.dtype != hidden.dtype or (lin_b is not None and lin_b.dtype != hidden.dtype):
         raise ValueError(f"{op}: input ({hidden.dtype}), linear_weight ({lin_w.dtype}) and linear_bias "
                          f"must have one dtype")
-    hidden, lin_w, lin_b, widened = _cpu_float32(hidden, lin_w, lin_b)
+    hidden, lin_w, lin_b, widened = cpu_float32(hidden, lin_w, lin_b)
     if out_features:
         # token n's logits as D rows of C classes: row (n, j) = input[n] @ W[:, j, :].T
         lin_w = lin_w.movedim(0, -2).reshape(d * classes, in_features)
@@ -341,8 +343,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
     if chunk_size is None:
         chunk_size = _options_chunk(options)
-    chunk = _chunk_rows(n, d * classes, in_features, hidden.element_size(), chunk_size, hidden.device.type,
-                        widened)
+    chunk = chunk_rows(n, d * classes, in_features, hidden.element_size(), chunk_size, hidden.device.type,
+                       widened)
     o = _Options(classes, d, ignore_index, float(label_smoothing), float(z_loss),
                  float(softcap) if softcap else 0.0, chunk, accum_dtype)
     loss_shape = (*input.shape[:-1], *out_features)

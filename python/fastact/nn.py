@@ -19,7 +19,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
     "Mish", "Sigmoid", "Tanh", "LogSigmoid", "Hardswish", "Hardsigmoid", "Hardtanh",
     "Softplus", "Softshrink", "Hardshrink", "Tanhshrink", "Softsign", "Threshold",
-    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "Softmax", "LogSoftmax", "MSELoss", "LinearCrossEntropyLoss", "patch",
+    "Swish", "QuickGELU", "SquaredReLU", "GLU", "SwiGLU", "Dropout", "CrossEntropyLoss", "Softmax", "LogSoftmax", "MSELoss", "LinearCrossEntropyLoss", "LinearLogprobs", "LinearDistillLoss", "patch",
 ]
 
 
@@ -298,6 +298,51 @@ else:
                     f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
                     f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
                     f"label_smoothing={self.label_smoothing}, options={self.options}")
+
+
+class LinearLogprobs(torch.nn.Module):
+    """:func:`fastact.functional.linear_logprobs` as a module: the options at
+    construction, the head's weights at each call
+    (``forward(input, linear_weight, target, linear_bias=None)``)."""
+
+    def __init__(self, *, temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
+                 chunk_size=None) -> None:
+        super().__init__()
+        self.temperature, self.return_entropy = temperature, return_entropy
+        self.ignore_index, self.chunk_size = ignore_index, chunk_size
+
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias=None):
+        return F.linear_logprobs(input, linear_weight, target, linear_bias=linear_bias, temperature=self.temperature,
+                                 return_entropy=self.return_entropy, ignore_index=self.ignore_index,
+                                 chunk_size=self.chunk_size)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, return_entropy={self.return_entropy}, "
+                f"ignore_index={self.ignore_index}, chunk_size={self.chunk_size}")
+
+
+class LinearDistillLoss(torch.nn.Module):
+    """:func:`fastact.functional.linear_distill_loss` as a module: the options
+    at construction, both heads' weights at each call."""
+
+    def __init__(self, *, kind: str = "kl", beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
+                 reduction: str = "batchmean", chunk_size=None, hard_label_weight: float = 0.0) -> None:
+        super().__init__()
+        self.kind, self.beta, self.temperature, self.ignore_index = kind, beta, temperature, ignore_index
+        self.reduction, self.chunk_size, self.hard_label_weight = reduction, chunk_size, hard_label_weight
+
+    def forward(self, student_input: Tensor, student_weight: Tensor, teacher_input: Tensor, teacher_weight: Tensor,
+                target=None, student_bias=None, teacher_bias=None) -> Tensor:
+        return F.linear_distill_loss(student_input, student_weight, teacher_input, teacher_weight, target,
+                                     kind=self.kind, beta=self.beta, temperature=self.temperature,
+                                     ignore_index=self.ignore_index, reduction=self.reduction,
+                                     chunk_size=self.chunk_size, hard_label_weight=self.hard_label_weight,
+                                     student_bias=student_bias, teacher_bias=teacher_bias)
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind!r}, beta={self.beta}, temperature={self.temperature}, "
+                f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, chunk_size={self.chunk_size}, "
+                f"hard_label_weight={self.hard_label_weight}")
 
 
 def _twins() -> dict:

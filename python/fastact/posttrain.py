@@ -1,0 +1,486 @@
+"""Post-training heads on a linear LM head: per-token log-probabilities and
+entropies (RL losses: GRPO, PPO, ...) and teacher-student divergences
+(distillation), chunked over tokens so that the (tokens, vocab) logits never
+exist beyond one chunk, in forward or in backward.
+
+Both follow linear_ce.py's plan: the tokens go through in chunks of
+``chunk_rows`` rows (the same rule as ``linear_cross_entropy``); each chunk's
+logits are computed, reduced to per-row statistics and dropped. Backward
+recomputes each chunk's logits from the saved input, weight and bias (and a
+few per-row numbers), turns them into the logits' gradient and folds it into
+the input, weight and bias gradients (``ChunkGrads``).
+
+Precision: the row math runs in float32 (float64 for float64 inputs). On the
+CPU, bfloat16/float16 operands are widened to float32 outside the chunk loop
+(as ``linear_cross_entropy`` does; half-type CPU matmuls are emulated); on
+CUDA the half-type matmul writes float32 logits directly (its float32
+accumulator, never rounded to the half type). The per-token outputs come back
+in float32 (float64 for float64 inputs) whatever the input dtype: log-probs
+feed ratios ``exp(logp - old_logp)`` in RL losses, where a bfloat16 rounding
+(2^-8 relative, ~0.03 absolute at logp = -8) would swamp the difference.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from ._dtensor import is_dtensor
+from .linear_ce import ChunkGrads, chunk_rows, cpu_float32
+
+__all__ = ["linear_logprobs", "linear_distill_loss"]
+
+_HALF = (torch.float16, torch.bfloat16)
+_KINDS = ("kl", "reverse_kl", "jsd")
+_REDUCTIONS = ("batchmean", "sum", "none")
+
+
+def _row_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the chunk's logits and of the per-row math."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], s: int, e: int,
+                  dtype: torch.dtype) -> Tensor:
+    """hidden[s:e] @ weight.T + bias in ``dtype`` (a fresh (e - s, V) tensor)."""
+    h = hidden[s:e]
+    if hidden.dtype == dtype:
+        return torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
+    if hidden.device.type == "cuda":
+        # half operands, float32 result straight from the matmul's accumulator
+        z = torch.mm(h, weight.t(), out_dtype=dtype)
+    else:
+        z = torch.mm(h, weight.t()).to(dtype)
+    return z if bias is None else z.add_(bias)
+
+
+def _spans(n: int, chunk: int):
+    for s in range(0, n, chunk):
+        yield s, min(n, s + chunk)
+
+
+def _grad_accumulator(hidden, weight, bias, needs):
+    # grad_weight in float32 for half weights (on the CPU they arrive widened
+    # already): one rounding at the end, as torch's unfused matmul
+    accum = torch.float32 if weight.dtype in _HALF else None
+    return ChunkGrads(hidden, weight, bias, needs, accum)
+
+
+def _fold(grads: ChunkGrads, s: int, e: int, dz: Tensor, hidden: Tensor, weight: Tensor) -> None:
+    """Adds the chunk's logit gradient ``dz`` to the input/weight/bias gradients."""
+    grads.add(s, e, dz.to(hidden.dtype), hidden, weight)
+
+
+def _check_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    for what, t in ((f"{name}input", input), (f"{name}weight", weight), (f"{name}bias", bias)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {what} must be a Tensor, got {type(t).__name__}")
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{op}: {what} must be a floating-point tensor, got {t.dtype}")
+    if input.dim() < 1:
+        raise ValueError(f"{op}: expected {name}input with at least 1 dimension (..., hidden), got a 0-dim tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: expected {name}weight of shape (vocab, hidden), got {tuple(weight.shape)}")
+    if input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{op}: {name}input's last dimension ({input.shape[-1]}) must equal {name}weight's "
+                         f"hidden size ({weight.shape[1]})")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: expected {name}bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        raise ValueError(f"{op}: {name}input ({input.dtype}), {name}weight ({weight.dtype}) and {name}bias must "
+                         f"have one dtype")
+    for what, t in ((f"{name}weight", weight), (f"{name}bias", bias)):
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{op}: {what} is on {t.device}, {name}input on {input.device}")
+
+
+def _gather_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """(weight, bias) as plain tensors. A DTensor head (e.g. a column-parallel
+    LM head sharded on the vocabulary) is gathered with ``full_tensor()``,
+    which autograd differentiates (each rank's shard receives its slice of
+    the gradient): correct, but it holds the full weight on every rank for
+    the duration of the call, unlike linear_cross_entropy's
+    vocabulary-parallel path, which all-reduces row statistics instead. The
+    input (and target) must be plain tensors, the same on every rank."""
+    if is_dtensor(input):
+        raise NotImplementedError(f"{op}: a DTensor {name}input is not supported; pass its local (replicated) "
+                                  f"tensor")
+    weight = weight.full_tensor() if is_dtensor(weight) else weight
+    bias = bias.full_tensor() if is_dtensor(bias) else bias
+    return weight, bias
+
+
+def _check_target(op: str, target: Tensor, lead: tuple, device) -> None:
+    if not isinstance(target, Tensor):
+        raise TypeError(f"{op}: target must be a Tensor of class indices, got {type(target).__name__}")
+    if is_dtensor(target):
+        raise NotImplementedError(f"{op}: a DTensor target is not supported; pass its local (replicated) tensor")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"{op}: target must hold class indices (an integer tensor), got {target.dtype}")
+    if tuple(target.shape) != lead:
+        raise ValueError(f"{op}: target must have the input's leading shape {lead}, got {tuple(target.shape)}")
+    if target.device != device:
+        raise ValueError(f"{op}: target is on {target.device}, input on {device}")
+
+
+def _check_temperature(op: str, temperature: float) -> float:
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"{op}: temperature must be positive and finite, got {temperature}")
+    return t
+
+
+def _prepare(input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """(hidden [N, H], weight, bias, widened): under autocast, the matmul
+    operands in the autocast dtype (as nn.Linear); on the CPU, half types
+    widened to float32 (cpu_float32). The casts stay outside the chunk loop,
+    so autograd rounds each gradient back once."""
+    hidden = input.reshape(-1, input.shape[-1])
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return cpu_float32(hidden, weight, bias)
+
+
+def _chunk(op, n, v, h, dtype, device_type, chunk_size, widened) -> int:
+    # the chunk buffers hold float32 (float64) logits whatever the operands
+    return chunk_rows(n, v, h, _row_dtype(dtype).itemsize, chunk_size, device_type, widened, op)
+
+
+# --- log-probabilities and entropy -------------------------------------------------------
+
+
+class _LogprobOptions(NamedTuple):
+    temperature: float
+    ignore_index: int
+    chunk: int
+    entropy: bool
+
+
+def _logprob_rows(z: Tensor, index: Tensor, o: _LogprobOptions):
+    """(logsumexp, log p(target)[, entropy]) of the rows of logits ``z``
+    (consumed) divided by the temperature."""
+    if o.temperature != 1.0:
+        z.div_(o.temperature)
+    # relative to the row max m (z' = z - m <= 0, in place): with s = sum
+    # exp(z'), lse = m + log s and log p_t = z'_t - log s; the entropy H =
+    # log s - sum(exp(z') z') / s is a sum of two non-negative terms (no
+    # cancellation), from the same exp(z') as s
+    m = z.amax(1) if z.shape[1] else z.new_zeros(z.shape[0])
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    z.sub_(m[:, None])
+    e = torch.exp(z)
+    s = e.sum(1)
+    log_s = torch.log(s)
+    logp = z.gather(1, index).squeeze(1) - log_s
+    if not o.entropy:
+        return m + log_s, logp
+    return m + log_s, logp, log_s - e.mul_(z).sum(1) / s
+
+
+def _logprob_grad_rows(z: Tensor, index: Tensor, lse: Tensor, entropy: Optional[Tensor], g_logp: Optional[Tensor],
+                       g_ent: Optional[Tensor], temperature: float) -> Tensor:
+    """d(sum g_logp * log p(target) + g_ent * H) / d(logits) for the rows of
+    logits ``z`` (consumed): with log p = z / T - lse, d log p_t / d(z/T) =
+    onehot_t - p and dH / d(z_c/T) = -p_c (log p_c + H), so
+    dz = (-p * (g_logp + g_ent * (log p + H)) + g_logp * onehot) / T."""
+    if temperature != 1.0:
+        z.div_(temperature)
+    logp = z.sub_(lse[:, None])
+    p = torch.exp(logp)
+    if g_ent is not None:
+        coef = logp.add_(entropy[:, None]).mul_(g_ent[:, None])
+        if g_logp is not None:
+            coef.add_(g_logp[:, None])
+        dz = p.mul_(coef).neg_()
+    else:
+        dz = p.mul_(-g_logp[:, None])
+    if g_logp is not None:
+        dz.scatter_add_(1, index, g_logp[:, None])
+    if temperature != 1.0:
+        dz.div_(temperature)
+    return dz
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """Per-token log p(target) and entropy of softmax(hidden @ weight.T + bias) / T,
+    chunk by chunk. Saves the operands, the target and two (N,) vectors (the
+    tempered logsumexp and the entropy)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, o: _LogprobOptions):
+        n, dtype = hidden.shape[0], _row_dtype(hidden.dtype)
+        counted = target != o.ignore_index
+        index = torch.where(counted, target, torch.zeros_like(target))[:, None]
+        logp = hidden.new_empty((n,), dtype=dtype)
+        lse = hidden.new_empty((n,), dtype=dtype)
+        entropy = hidden.new_empty((n,), dtype=dtype) if o.entropy else None
+        for s, e in _spans(n, o.chunk):
+            # (the logits passed as a temporary: freed when the chunk's rows are done)
+            rows = _logprob_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), index[s:e], o)
+            lse[s:e], logp[s:e] = rows[:2]
+            if entropy is not None:
+                entropy[s:e] = rows[2]
+        zero = torch.zeros((), dtype=dtype, device=hidden.device)
+        logp = torch.where(counted, logp, zero)
+        if entropy is not None:
+            entropy = torch.where(counted, entropy, zero)
+        ctx.set_materialize_grads(False)
+        ctx.o = o
+        ctx.save_for_backward(hidden, weight, bias, target, lse, entropy)
+        return (logp, entropy) if entropy is not None else logp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp, grad_entropy=None):
+        hidden, weight, bias, target, lse, entropy = ctx.saved_tensors
+        o, needs = ctx.o, ctx.needs_input_grad
+        if not any(needs[:3]) or (grad_logp is None and grad_entropy is None):
+            return None, None, None, None, None
+        dtype = lse.dtype
+        counted = target != o.ignore_index
+        index = torch.where(counted, target, torch.zeros_like(target))[:, None]
+        zero = torch.zeros((), dtype=dtype, device=hidden.device)
+        # ignored tokens: no gradient (where, not a product: an inf/NaN
+        # upstream gradient on an ignored token stays out)
+        g_logp = torch.where(counted, grad_logp.to(dtype), zero) if grad_logp is not None else None
+        g_ent = torch.where(counted, grad_entropy.to(dtype), zero) if grad_entropy is not None else None
+        grads = _grad_accumulator(hidden, weight, bias, needs)
+        for s, e in _spans(hidden.shape[0], o.chunk):
+            dz = _logprob_grad_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), index[s:e], lse[s:e],
+                                    entropy[s:e] if entropy is not None else None,
+                                    g_logp[s:e] if g_logp is not None else None,
+                                    g_ent[s:e] if g_ent is not None else None, o.temperature)
+            _fold(grads, s, e, dz, hidden, weight)
+            del dz  # (before the next chunk's logits exist)
+        return grads.result(None) + (None, None)
+
+
+@torch._dynamo.disable
+def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, linear_bias: Optional[Tensor] = None,
+                    temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
+                    chunk_size: Optional[int] = None):
+    """Per-token ``log_softmax(linear(input, linear_weight, linear_bias) /
+    temperature).gather(-1, target)``, shaped like ``target`` (``input`` is
+    ``(..., H)``, ``target`` ``(...)``, ``linear_weight`` ``(V, H)``), without
+    the ``(tokens, V)`` logits: chunked over tokens like
+    :func:`linear_cross_entropy` (``chunk_size`` tokens per chunk; default its
+    rule). With ``return_entropy=True``, a tuple ``(logprobs, entropy)``, the
+    entropy of the same tempered distribution per token, computed in the same
+    pass. Tokens whose target is ``ignore_index`` give 0 for both and no
+    gradient. Both outputs are differentiable w.r.t. input, weight and bias
+    (one backward serves a loss that uses both; double backward is not
+    supported).
+
+    The outputs are float32 (float64 for float64 inputs) for every input
+    dtype: bf16/fp16 logits are computed and reduced in float32 (see the
+    module's docstring). Under torch.compile this function is a graph break
+    (it runs eagerly)."""
+    op = "fastact.linear_logprobs"
+    linear_weight, linear_bias = _gather_head(op, "", input, linear_weight, linear_bias)
+    _check_head(op, "", input, linear_weight, linear_bias)
+    lead = tuple(input.shape[:-1])
+    _check_target(op, target, lead, input.device)
+    temperature = _check_temperature(op, temperature)
+    hidden, weight, bias, widened = _prepare(input, linear_weight, linear_bias)
+    n, (v, h) = hidden.shape[0], weight.shape
+    chunk = _chunk(op, n, v, h, hidden.dtype, hidden.device.type, chunk_size, widened)
+    o = _LogprobOptions(temperature, int(ignore_index), chunk, bool(return_entropy))
+    out = _LinearLogprobs.apply(hidden, weight, bias, target.reshape(-1).long(), o)
+    if return_entropy:
+        return out[0].view(lead), out[1].view(lead)
+    return out.view(lead)
+
+
+# --- distillation ---------------------------------------------------------------------------
+
+
+class _DistillOptions(NamedTuple):
+    kind: str
+    beta: float
+    temperature: float
+    ignore_index: int
+    hard_label_weight: float
+    has_target: bool
+    chunk: int
+
+
+def _distill_rows(zs: Tensor, zt: Tensor, index: Tensor, o: _DistillOptions, grad_rows: Optional[Tensor] = None):
+    """The rows' losses ``(1 - a) * divergence + a * cross_entropy`` of student
+    logits ``zs`` and teacher logits ``zt`` (untempered, float32/64, consumed),
+    and with ``grad_rows`` (already 0 on ignored rows) the gradient of
+    ``sum(grad_rows * loss)`` w.r.t. ``zs`` (else None).
+
+    With log q, log p the tempered log-softmaxes (student, teacher) and T the
+    temperature, d/dzs of: KL(P||Q) is (q - p) / T; KL(Q||P) = sum q (log q -
+    log p) is q (log q - log p - KL) / T; the JSD, with log m = logaddexp(log
+    beta + log p, log(1 - beta) + log q), has d/dq_c = (1 - beta) (log q_c -
+    log m_c), i.e. q (g - sum q g) / T with that g. The cross-entropy (T = 1):
+    softmax(zs) - onehot."""
+    a, T = o.hard_label_weight, o.temperature
+    loss = zs.new_zeros(zs.shape[0])
+    dz = None
+    if a:
+        lse = torch.logsumexp(zs, 1)
+        loss += a * (lse - zs.gather(1, index).squeeze(1))
+        if grad_rows is not None:
+            dz = torch.sub(zs, lse[:, None]).exp_().mul_(a * grad_rows[:, None])
+            dz.scatter_add_(1, index, (-a * grad_rows)[:, None])
+    if a == 1.0:
+        return loss, dz
+    # in place where the chunk's buffers allow: at most ~6 (rows, V) tensors live
+    if T != 1.0:
+        zs.div_(T)
+        zt.div_(T)
+    log_q = zs.sub_(torch.logsumexp(zs, 1, keepdim=True))
+    log_p = zt.sub_(torch.logsumexp(zt, 1, keepdim=True))
+    q = torch.exp(log_q)
+    if o.kind == "kl":
+        p = torch.exp(log_p)
+        div = log_p.sub_(log_q).mul_(p).sum(1)  # sum p (log p - log q)
+        g = q.sub_(p)
+    elif o.kind == "reverse_kl":
+        diff = log_q.sub_(log_p)
+        div = (q * diff).sum(1)  # sum q (log q - log p)
+        g = diff.sub_(div[:, None]).mul_(q)
+    else:
+        beta = o.beta
+        # log m = logaddexp(log beta + log p, log(1 - beta) + log q), -inf terms for beta in {0, 1}
+        log_m = log_p + (math.log(beta) if beta > 0 else -math.inf)
+        scratch = log_q + (math.log1p(-beta) if beta < 1 else -math.inf)
+        torch.logaddexp(log_m, scratch, out=log_m)
+        div = zs.new_zeros(zs.shape[0])
+        if beta > 0:
+            p = torch.exp(log_p, out=scratch)
+            div += beta * log_p.sub_(log_m).mul_(p).sum(1)  # beta sum p (log p - log m)
+        gq = log_q.sub_(log_m).mul_(1 - beta)  # d/dq of (1 - beta) sum q (log q - log m), see above
+        qgq = torch.mul(q, gq, out=scratch).sum(1)
+        div += qgq
+        g = gq.sub_(qgq[:, None]).mul_(q)
+    loss += (1 - a) * div
+    if grad_rows is not None:
+        g.mul_(((1 - a) / T) * grad_rows[:, None])
+        dz = g if dz is None else dz.add_(g)
+    return loss, dz
+
+
+class _LinearDistill(torch.autograd.Function):
+    """Per-token distillation losses of two linear heads, chunk by chunk;
+    gradients for the student only. Saves the operands and the target;
+    backward recomputes both heads' logits."""
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, target, o: _DistillOptions):
+        n, dtype = s_hidden.shape[0], _row_dtype(s_hidden.dtype)
+        counted, index = _counted(target, o)
+        loss = s_hidden.new_empty((n,), dtype=dtype)
+        for s, e in _spans(n, o.chunk):
+            # (the logits passed as temporaries: freed when the chunk's rows are done)
+            loss[s:e] = _distill_rows(_chunk_logits(s_hidden, s_weight, s_bias, s, e, dtype),
+                                      _chunk_logits(t_hidden, t_weight, t_bias, s, e, dtype), index[s:e], o)[0]
+        loss = torch.where(counted, loss, torch.zeros((), dtype=dtype, device=loss.device))
+        ctx.o = o
+        ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, target)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, target = ctx.saved_tensors
+        o, needs = ctx.o, ctx.needs_input_grad
+        none = (None,) * 5  # the teacher's three, target, options
+        if not any(needs[:3]):
+            return (None, None, None) + none
+        dtype = _row_dtype(s_hidden.dtype)
+        counted, index = _counted(target, o)
+        g = torch.where(counted, grad_loss.to(dtype), torch.zeros((), dtype=dtype, device=grad_loss.device))
+        grads = _grad_accumulator(s_hidden, s_weight, s_bias, needs)
+        for s, e in _spans(s_hidden.shape[0], o.chunk):
+            dz = _distill_rows(_chunk_logits(s_hidden, s_weight, s_bias, s, e, dtype),
+                               _chunk_logits(t_hidden, t_weight, t_bias, s, e, dtype), index[s:e], o, g[s:e])[1]
+            _fold(grads, s, e, dz, s_hidden, s_weight)
+            del dz  # (before the next chunk's logits exist)
+        return grads.result(None) + none
+
+
+def _counted(target: Tensor, o: _DistillOptions):
+    """(counted rows, target index with ignored rows at 0 as [N, 1])."""
+    if not o.has_target:
+        return torch.ones_like(target, dtype=torch.bool), target[:, None]
+    counted = target != o.ignore_index
+    return counted, torch.where(counted, target, torch.zeros_like(target))[:, None]
+
+
+@torch._dynamo.disable
+def linear_distill_loss(student_input: Tensor, student_weight: Tensor, teacher_input: Tensor, teacher_weight: Tensor,
+                        target: Optional[Tensor] = None, *, kind: str = "kl", beta: float = 0.5,
+                        temperature: float = 1.0, ignore_index: int = -100, reduction: str = "batchmean",
+                        chunk_size: Optional[int] = None, hard_label_weight: float = 0.0,
+                        student_bias: Optional[Tensor] = None, teacher_bias: Optional[Tensor] = None) -> Tensor:
+    """Divergence between the tempered softmaxes P (teacher:
+    ``linear(teacher_input, teacher_weight, teacher_bias) / temperature``) and
+    Q (student, likewise), per token, without either ``(tokens, V)`` logits
+    beyond one chunk: ``kind='kl'`` KL(P||Q), ``'reverse_kl'`` KL(Q||P),
+    ``'jsd'`` ``beta*KL(P||M) + (1-beta)*KL(Q||M)`` with ``M = beta*P +
+    (1-beta)*Q`` (no ``T**2`` factor). Tokens whose ``target`` is
+    ``ignore_index`` are left out (``target=None``: all count).
+    ``reduction``: ``'batchmean'`` (summed divergence / counted tokens; NaN
+    when none counts, with zero gradients, as a mean over nothing in torch),
+    ``'sum'``, ``'none'`` (per token, 0 where ignored). Result:
+    ``(1 - hard_label_weight) * divergence + hard_label_weight *
+    cross_entropy(student_logits, target)`` (untempered, same reduction; needs
+    a target). Student and teacher may differ in hidden size and dtype, not in
+    vocabulary. The teacher gets no gradient. The loss is float32 (float64
+    for a float64 student), computed in float32 for half types."""
+    op = "fastact.linear_distill_loss"
+    student_weight, student_bias = _gather_head(op, "student_", student_input, student_weight, student_bias)
+    with torch.no_grad():
+        teacher_weight, teacher_bias = _gather_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
+    _check_head(op, "student_", student_input, student_weight, student_bias)
+    _check_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
+    lead = tuple(student_input.shape[:-1])
+    if tuple(teacher_input.shape[:-1]) != lead:
+        raise ValueError(f"{op}: student_input {tuple(student_input.shape)} and teacher_input "
+                         f"{tuple(teacher_input.shape)} must have the same leading (token) shape")
+    if teacher_input.device != student_input.device:
+        raise ValueError(f"{op}: teacher_input is on {teacher_input.device}, student_input on "
+                         f"{student_input.device}")
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(f"{op}: student and teacher vocabularies differ: student_weight has "
+                         f"{student_weight.shape[0]} rows, teacher_weight {teacher_weight.shape[0]}")
+    if kind not in _KINDS:
+        raise ValueError(f"{op}: kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: {reduction!r} is not a valid value for reduction "
+                         f"({', '.join(map(repr, _REDUCTIONS))})")
+    if not 0.0 <= float(beta) <= 1.0:
+        raise ValueError(f"{op}: beta must be in [0, 1], got {beta}")
+    if not 0.0 <= float(hard_label_weight) <= 1.0:
+        raise ValueError(f"{op}: hard_label_weight must be in [0, 1], got {hard_label_weight}")
+    temperature = _check_temperature(op, temperature)
+    if target is not None:
+        _check_target(op, target, lead, student_input.device)
+    elif hard_label_weight:
+        raise ValueError(f"{op}: hard_label_weight={hard_label_weight} needs a target")
+
+    s_hidden, s_weight, s_bias, widened = _prepare(student_input, student_weight, student_bias)
+    # the teacher never gets a gradient: detached before anything records it
+    t_hidden, t_weight, t_bias, _ = _prepare(teacher_input.detach(), teacher_weight.detach(),
+                                             teacher_bias.detach() if teacher_bias is not None else None)
+    n, (v, h) = s_hidden.shape[0], s_weight.shape
+    chunk = _chunk(op, n, v, max(h, t_weight.shape[1]), s_hidden.dtype, s_hidden.device.type, chunk_size, widened)
+    rows_target = target.reshape(-1).long() if target is not None else \
+        torch.zeros((n,), dtype=torch.long, device=s_hidden.device)
+    o = _DistillOptions(kind, float(beta), temperature, int(ignore_index), float(hard_label_weight),
+                        target is not None, chunk)
+    loss = _LinearDistill.apply(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, rows_target, o)
+    if reduction == "none":
+        return loss.view(lead)
+    if reduction == "sum":
+        return loss.sum()
+    count = (rows_target != int(ignore_index)).sum() if target is not None else n
+    return loss.sum() / count
