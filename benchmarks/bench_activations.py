@@ -21,9 +21,10 @@ def cases(full: bool):
     return QUICK_OPS
 
 
-def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None):
+def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None,
+        ops=None):
     rows = []
-    for name, params in cases(full):
+    for name, params in ops or cases(full):
         fast = getattr(torch.ops.fastact, name)
         ref = R.ACTIVATIONS[name]
         for dtype in dtypes:

@@ -26,11 +26,12 @@ def liger_swiglu():
     return lambda x: LigerSiLUMulFunction.apply(*x.chunk(2, -1))
 
 
-def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None):
+def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None,
+        only_shapes=None):
     rows = []
     ops = [("swiglu", ()), ("geglu", ("tanh",)), ("reglu", ())] if full else [("swiglu", ())]
     for name, params in ops:
-        for shape in shapes(device, full):
+        for shape in only_shapes or shapes(device, full):
             for dtype in dtypes:
                 x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
                 n = x.numel() // 2 * x.element_size()  # bytes of one half (= of the output)

@@ -46,28 +46,66 @@ def baselines() -> dict:
     return {"liger": liger_ce() is not None, "quack": quack_ce() is not None}
 
 
+# The shapes of the row kernels' regimes (many short rows, medium rows, a
+# vocabulary, a few very long rows split over blocks): `run.py --quick`.
+ROW_SHAPES = [(2**20, 16), (65536, 512), (8192, 32000), (4, 2**22)]
+
+
+def cross_entropy_rows(device, timer, copy_gbps, n, v, dtype, with_compile=True, progress=None, label=None):
+    x = torch.randn(n, v, device=device, dtype=dtype).requires_grad_(True)
+    t = torch.randint(0, v, (n,), device=device)
+    nbytes = x.numel() * x.element_size()
+    impls = {"fastact": lambda z: F.cross_entropy(z, t),
+             "eager": lambda z: torch.nn.functional.cross_entropy(z, t)}
+    if with_compile:
+        impls["compile"] = torch.compile(impls["eager"], dynamic=False)
+    liger = liger_ce() if device == "cuda" else None
+    if liger is not None:
+        impls["liger"] = lambda z: liger(z, t)
+    quack = quack_ce() if device == "cuda" and dtype != torch.float64 else None
+    if quack is not None:
+        impls["quack"] = lambda z: quack(z, t)
+    # logits read once forward; read once and the gradient written once backward
+    return time_cases(label or f"cross_entropy[V={v}]", x, impls, timer, copy_gbps,
+                      bytes_of={"fwd": nbytes, "bwd": 2 * nbytes, "fwd+bwd": 3 * nbytes}, progress=progress)
+
+
+def softmax_rows(device, timer, copy_gbps, n, v, dtype, with_compile=True, progress=None, log=False,
+                 label=None):
+    x = torch.randn(n, v, device=device, dtype=dtype).requires_grad_(True)
+    nbytes = x.numel() * x.element_size()
+    name, ours, eager = (("log_softmax", F.log_softmax, lambda z: torch.log_softmax(z, -1)) if log else
+                         ("softmax", F.softmax, lambda z: torch.softmax(z, -1)))
+    impls = {"fastact": lambda z: ours(z, -1), "eager": eager}
+    if with_compile:
+        impls["compile"] = torch.compile(eager, dynamic=False)
+    quack = quack_softmax() if not log and device == "cuda" and dtype != torch.float64 else None
+    if quack is not None:
+        impls["quack"] = quack
+    # forward reads x, writes y; backward reads y and dy, writes dx
+    return time_cases(label or f"{name}[V={v}]", x, impls, timer, copy_gbps,
+                      bytes_of={"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes}, progress=progress)
+
+
 def run(device, timer, copy_gbps, full=False, with_compile=True, dtypes=(torch.float32,), progress=None):
     rows = []
     for n, v in shapes(device, full):
         for dtype in dtypes:
-            x = torch.randn(n, v, device=device, dtype=dtype).requires_grad_(True)
-            t = torch.randint(0, v, (n,), device=device)
-            nbytes = x.numel() * x.element_size()
-            impls = {"fastact": lambda z: F.cross_entropy(z, t),
-                     "eager": lambda z: torch.nn.functional.cross_entropy(z, t)}
-            if with_compile:
-                impls["compile"] = torch.compile(impls["eager"], dynamic=False)
-            liger = liger_ce() if device == "cuda" else None
-            if liger is not None:
-                impls["liger"] = lambda z: liger(z, t)
-            quack = quack_ce() if device == "cuda" and dtype != torch.float64 else None
-            if quack is not None:
-                impls["quack"] = lambda z: quack(z, t)
-            # logits read once forward; read once and the gradient written once backward
-            rows += time_cases(f"cross_entropy[V={v}]", x, impls, timer, copy_gbps,
-                               bytes_of={"fwd": nbytes, "bwd": 2 * nbytes, "fwd+bwd": 3 * nbytes},
-                               progress=progress)
+            rows += cross_entropy_rows(device, timer, copy_gbps, n, v, dtype, with_compile, progress)
     rows += run_softmax_mse(device, timer, copy_gbps, full, with_compile, dtypes, progress)
+    return rows
+
+
+def run_quick(device, timer, copy_gbps, with_compile=True, dtypes=(torch.float32,), progress=None, row_shapes=None):
+    """cross_entropy and softmax at the row-kernel shapes (`ROW_SHAPES`)."""
+    rows = []
+    for n, v in row_shapes or ROW_SHAPES:
+        for dtype in dtypes:
+            label = f"[N={n},V={v}]"
+            rows += cross_entropy_rows(device, timer, copy_gbps, n, v, dtype, with_compile, progress,
+                                       label="cross_entropy" + label)
+            rows += softmax_rows(device, timer, copy_gbps, n, v, dtype, with_compile, progress,
+                                 label="softmax" + label)
     return rows
 
 
@@ -75,21 +113,10 @@ def run_softmax_mse(device, timer, copy_gbps, full, with_compile, dtypes, progre
     rows = []
     n, v = (8192, 32000) if device == "cuda" else (1024, 32000)
     for dtype in dtypes:
+        for log in (False, True) if full else (False,):
+            rows += softmax_rows(device, timer, copy_gbps, n, v, dtype, with_compile, progress, log=log)
         x = torch.randn(n, v, device=device, dtype=dtype).requires_grad_(True)
         nbytes = x.numel() * x.element_size()
-        cases = [("softmax", F.softmax, lambda z: torch.softmax(z, -1), quack_softmax())]
-        if full:
-            cases.append(("log_softmax", F.log_softmax, lambda z: torch.log_softmax(z, -1), None))
-        for name, ours, eager, quack in cases:
-            impls = {"fastact": lambda z, f=ours: f(z, -1), "eager": eager}
-            if with_compile:
-                impls["compile"] = torch.compile(eager, dynamic=False)
-            if quack is not None and device == "cuda" and dtype != torch.float64:
-                impls["quack"] = quack
-            # forward reads x, writes y; backward reads y and dy, writes dx
-            rows += time_cases(f"{name}[V={v}]", x, impls, timer, copy_gbps,
-                               bytes_of={"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes},
-                               progress=progress)
         target = torch.randn_like(x).detach()
         impls = {"fastact": lambda z: F.mse_loss(z, target),
                  "eager": lambda z: torch.nn.functional.mse_loss(z, target)}

@@ -16,14 +16,23 @@ HAS_CUDA = torch.cuda.is_available()
 # the SIMT emulator, so CUDA behaviour (device asserts) shows on CPU.
 EMULATION = fastact.build_info()["cuda_emulation"]
 
+# Every CUDA test carries the `cuda` marker (`pytest -m cuda` runs exactly
+# those: benchmarks/gpu_run.sh --quick) and skips without a CUDA device.
+CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")),
+    pytest.param("cuda", marks=CUDA_MARKS),
 ]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+
+def requires_cuda(test):
+    """Decorator of a CUDA-only test (function or class): the `cuda` marker,
+    skipped without a CUDA device."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
 
 
 def pytest_configure(config):

@@ -328,6 +328,20 @@ def test_swish_tensor_beta(dtype, beta_shape, device):
     assert_matches(db, dbr, refs[2])
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("beta_dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_swish_host_scalar_beta_on_cuda(dtype, beta_dtype):
+    # a CPU 0-dim beta goes by value (no copy to the device): the same result
+    # as that beta on the device; one that requires grad still gets it
+    x = make_input((4, 33), dtype, "cuda", "swish", ())
+    beta = torch.tensor(0.7, dtype=beta_dtype)
+    torch.testing.assert_close(F.swish(x, beta), F.swish(x, beta.cuda()), rtol=0, atol=0)
+    beta.requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.swish(x, beta).sum(), beta)
+    assert grad.device.type == "cpu" and grad.dtype == beta_dtype
+
+
 def test_swish_beta_gradcheck_and_opcheck(device):
     x = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
     beta = torch.rand(5, dtype=torch.float64, device=device, requires_grad=True)
@@ -399,6 +413,24 @@ def test_cuda_device_mismatch_raises():
         torch.ops.fastact.silu_backward(torch.randn(4), x)
     with pytest.raises(RuntimeError, match="fastact.prelu.*weight"):
         F.prelu(x, torch.ones(1))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_rrelu_cpu_and_cuda_slopes_identical(dtype):
+    # the slopes are a function of (seed, offset, index): a GPU run's are
+    # reproduced on the CPU, forward and backward
+    x = (torch.randn(3, 4099, dtype=torch.float64) * 3).to(dtype)
+    seed = torch.tensor([123456789, 1 << 40], dtype=torch.int64)
+    outs = []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device)
+        outs.append((torch.ops.fastact.rrelu_train(xd, 0.1, 0.3, seed).cpu(),
+                     torch.ops.fastact.rrelu_train_backward(torch.ones_like(xd), xd, 0.1, 0.3, seed).cpu()))
+    # (the same draws; the slope's float32 arithmetic may contract to an FMA
+    # on the GPU: within the dtype's rounding, where other streams differ by 100 %)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
 
 
 @requires_cuda

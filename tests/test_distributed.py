@@ -520,6 +520,7 @@ def check_nccl(outs, world):
             assert close64(tp[kind][0], tp["single"][0]), (rank, kind, tp[kind][0], tp["single"][0])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="no CUDA device / NCCL")
 def test_nccl():
     # one rank per GPU (NCCL does not share a device between ranks)

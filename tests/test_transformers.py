@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 import fastact.functional as F  # noqa: E402
 import fastact.transformers as ft  # noqa: E402
 import hf_zoo  # noqa: E402
-from conftest import HAS_CUDA, assert_matches  # noqa: E402
+from conftest import assert_matches, requires_cuda  # noqa: E402
 from fastact.accuracy import cross_entropy_error, mismatch, sum_error  # noqa: E402
 from fastact.errors import FastactTypeError  # noqa: E402
 from peak_memory import PeakTensorMemory  # noqa: E402
@@ -569,7 +569,7 @@ def test_peak_memory_large_vocabulary():
     assert ours < 0.5 * plain, (plain / 2**20, ours / 2**20)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@requires_cuda
 def test_peak_memory_cuda():
     vocab = 131072
     model = make("llama", torch.bfloat16, vocab_size=vocab, initializer_range=0.02).cuda()

@@ -147,12 +147,14 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if reduction == "sum":
         return loss.sum().to(input.dtype)
     if prob:
-        # torch divides by input.numel() / classes: NaN when there are no classes
-        count = loss.new_tensor(float(loss.numel()) if rows.shape[1] else float("nan"))
+        # torch divides by input.numel() / classes (NaN when there are no
+        # classes): a Python number, so nothing is copied to the device (a
+        # tensor made from it would be a blocking host-to-device copy per call
+        # and break CUDA graph capture)
+        return (loss.sum() / (loss.numel() if rows.shape[1] else float("nan"))).to(input.dtype)
+    counted = tgt != ignore_index
+    if weight is not None:
+        count = (weight.to(loss.dtype)[tgt.clamp(0, rows.shape[1] - 1)] * counted).sum()
     else:
-        counted = tgt != ignore_index
-        if weight is not None:
-            count = (weight.to(loss.dtype)[tgt.clamp(0, rows.shape[1] - 1)] * counted).sum()
-        else:
-            count = counted.sum().to(loss.dtype)
+        count = counted.sum().to(loss.dtype)
     return (loss.sum() / count).to(input.dtype)

@@ -160,8 +160,23 @@ def swish(input: Tensor, beta: Union[float, Tensor] = 1.0) -> Tensor:
     """``input * sigmoid(beta * input)``; a tensor ``beta`` (one value, or one per
     last-dim feature) gets its gradient."""
     if isinstance(beta, Tensor):
+        if _host_scalar(beta, input):
+            # a CPU scalar beta for a device input: passed by value, read on
+            # the host (not a device sync), instead of a blocking
+            # host-to-device copy of beta on every call (which CUDA graph
+            # capture also rejects)
+            return _ops.swish(input, beta.item())
         return _ops.swish_beta(input, beta)
     return _ops.swish(input, float(beta))
+
+
+def _host_scalar(beta: Tensor, input: Tensor) -> bool:
+    """Whether ``beta`` is a floating-point 0-dim CPU tensor that needs no
+    gradient, for an input on another device (e.g. CUDA). Under
+    torch.compile, or for a beta that requires grad, the tensor op runs."""
+    return (beta.dim() == 0 and beta.device.type == "cpu" and input.device.type != "cpu"
+            and beta.is_floating_point() and not (beta.requires_grad and torch.is_grad_enabled())
+            and not is_dtensor(input) and not torch.compiler.is_compiling())
 
 
 def quick_gelu(input: Tensor) -> Tensor:

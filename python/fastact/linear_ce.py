@@ -318,7 +318,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     hidden, lin_w, lin_b = input.reshape(n, in_features), linear_weight, linear_bias
     device_type = hidden.device.type
     out_dtype = hidden.dtype
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         # as nn.Linear under autocast: the matmuls run in the autocast dtype
         # (casts outside the chunk loop, so autograd casts the grads back)
         # and the loss in float32, as autocast runs cross_entropy
