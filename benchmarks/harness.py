@@ -157,11 +157,12 @@ def peak_memory_mb(device: str, fn: Callable[[], object]) -> Optional[float]:
 
 
 def write_results(rows: list[Row], ctx: dict, out_dir: Optional[str] = None) -> str:
-    """JSON, CSV and a markdown table under benchmarks/results/<device>/<date>-<commit>/."""
+    """JSON, CSV and a markdown table under benchmarks/results/<device>/: the
+    latest run per device (its date, commit and versions are in the files;
+    git keeps the earlier runs)."""
     slug = "".join(c if c.isalnum() else "-" for c in ctx["device_name"]).strip("-").lower()
     slug = "-".join(p for p in slug.split("-") if p)[:60]
-    stamp = f"{ctx['date'][:10]}-{ctx['commit']}"
-    out_dir = out_dir or os.path.join(ROOT, "benchmarks", "results", slug, stamp)
+    out_dir = out_dir or os.path.join(ROOT, "benchmarks", "results", slug)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"context": ctx, "rows": [asdict(r) for r in rows]}, f, indent=1)

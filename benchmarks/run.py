@@ -1,6 +1,6 @@
 """`make bench`: benchmark every op family on the device present (CUDA if
 available, else CPU), print a table and write results under
-benchmarks/results/<device>/<date>-<commit>/. `--full` runs every op.
+benchmarks/results/<device>/ (the latest run per device). `--full` runs every op.
 `--quick` (benchmarks/gpu_run.sh --quick): the headline ops only, few rounds,
 cross_entropy and softmax at the row kernels' shapes (bench_losses.ROW_SHAPES;
 on the CPU with 1/16 of the rows), results under benchmarks/results/_tmp/quick
