@@ -11,13 +11,9 @@ START, END = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
 
 
 def latest_per_device() -> list[str]:
-    out = []
-    for device_dir in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*"))):
-        runs = sorted(glob.glob(os.path.join(device_dir, "*", "results.json")),
-                      key=lambda p: json.load(open(p))["context"]["date"])
-        if runs and not os.path.basename(device_dir).startswith("_"):
-            out.append(runs[-1])
-    return out
+    """results/<device>/results.json: each device's folder holds its latest run."""
+    return [path for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*", "results.json")))
+            if not os.path.basename(os.path.dirname(path)).startswith("_")]
 
 
 def section(path: str) -> str:
