@@ -25,12 +25,12 @@ $(VENV)/.deps: $(BIN)/python
 	touch $@
 
 # fastact.transformers' tests: the `transformers` extra of pyproject.toml at
-# the newest release it is tested with (its own stamp, named after the spec,
-# so an existing .venv gets a new pin too)
+# the newest release it is tested with, and TRL for the SFTTrainer test (its
+# own stamp, named after the spec, so an existing .venv gets a new pin too)
 TRANSFORMERS_SPEC ?= transformers==5.24.0
 TF_STAMP := $(VENV)/.deps-$(subst =,,$(subst <,,$(subst >,,$(TRANSFORMERS_SPEC))))
 $(TF_STAMP): $(VENV)/.deps
-	$(BIN)/python -m pip install -q "$(TRANSFORMERS_SPEC)" "accelerate>=1.0"
+	$(BIN)/python -m pip install -q "$(TRANSFORMERS_SPEC)" "accelerate>=1.0" trl
 	touch $@
 
 # The transformers tests against older releases (CI: the oldest supported

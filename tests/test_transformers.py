@@ -587,3 +587,54 @@ def test_peak_memory_cuda():
         peaks.append(torch.cuda.max_memory_allocated() - base)
     logits_bytes = ids.numel() * vocab * 2
     assert peaks[0] - peaks[1] >= 2 * logits_bytes, [p / 2**20 for p in peaks]
+
+
+# --- TRL ----------------------------------------------------------------------------------
+
+def _word_tokenizer(vocab: int):
+    """A tokenizer made here (no download): one word per id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                                eos_token="<eos>")
+
+
+def _sft(model, tmp_path):
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    g = torch.Generator().manual_seed(4)
+    rows = [{"input_ids": torch.randint(3, 128, (6 + i % 5,), generator=g).tolist()} for i in range(8)]
+    args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                         max_steps=2, learning_rate=0.1, optim="sgd", lr_scheduler_type="constant",
+                         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0,
+                         dataloader_num_workers=0, disable_tqdm=True,
+                         bf16=False)  # (TRL's default is bf16 autocast; float32 compares tightly)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=_word_tokenizer(128))
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_trl_sft_trainer(tmp_path):
+    """TRL's SFTTrainer on the patched model (TRL adds its own fused LM head
+    for the loss; fastact's GLU and activation kernels run under it) trains
+    as on the unpatched one."""
+    if not TF5:
+        pytest.skip("TRL is tested with the newest transformers (make test); the older lanes run without it")
+    try:
+        import trl  # noqa: F401
+    except Exception as e:  # not installed, or not for this transformers release
+        pytest.skip(f"trl does not import here: {type(e).__name__}: {e}")
+    model = make("llama")
+    fused, _ = patched(model)
+    plain = _sft(model, tmp_path / "plain")
+    ours = _sft(fused, tmp_path / "fastact")
+    assert len(ours) == len(plain) == 2
+    for a, b in zip(ours, plain):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(b)), (ours, plain)  # the Trainer logs float32 losses rounded
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        msg = mismatch(q.detach(), p.detach())
+        assert msg is None, f"{name}: {msg}"
