@@ -202,17 +202,20 @@ struct GluOps {
     return dx;
   }
 
-  // The registered signatures: (input, dim, <the op's arguments>, interleaved).
+  // The registered signatures: (input, dim, <the op's arguments A...>,
+  // interleaved). A class template, not function templates: a pack before
+  // the last parameter is not deduced, and nvcc rejects taking the address
+  // of such a function template where g++ accepts it.
   template <class... A>
-  static at::Tensor packed(const at::Tensor& input, int64_t dim, A... args, bool interleaved) {
-    return packed_forward(input, dim, interleaved, F(args...));
-  }
-
-  template <class... A>
-  static at::Tensor packed_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                                    int64_t dim, A... args, bool interleaved) {
-    return packed_backward_impl(grad_output, input, dim, interleaved, F(args...));
-  }
+  struct Packed {
+    static at::Tensor forward(const at::Tensor& input, int64_t dim, A... args, bool interleaved) {
+      return packed_forward(input, dim, interleaved, F(args...));
+    }
+    static at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input, int64_t dim,
+                               A... args, bool interleaved) {
+      return packed_backward_impl(grad_output, input, dim, interleaved, F(args...));
+    }
+  };
 
   // torch's glu(self, dim): halves only, no arguments.
   static at::Tensor halves(const at::Tensor& input, int64_t dim) {
@@ -227,9 +230,10 @@ struct GluOps {
   m.impl(#name, &::fastact::GluOps<FA_LAUNCHER, ::fastact::F>::forward<FA_STRIP ARGS>);         \
   m.impl(#name "_backward",                                                                     \
          &::fastact::GluOps<FA_LAUNCHER, ::fastact::F>::backward<FA_STRIP ARGS>);               \
-  m.impl(#name "_packed", &::fastact::GluOps<FA_LAUNCHER, ::fastact::F>::packed<FA_STRIP ARGS>); \
+  m.impl(#name "_packed",                                                                       \
+         &::fastact::GluOps<FA_LAUNCHER, ::fastact::F>::Packed<FA_STRIP ARGS>::forward);          \
   m.impl(#name "_packed_backward",                                                              \
-         &::fastact::GluOps<FA_LAUNCHER, ::fastact::F>::packed_backward<FA_STRIP ARGS>);
+         &::fastact::GluOps<FA_LAUNCHER, ::fastact::F>::Packed<FA_STRIP ARGS>::backward);
 
 #define FA_REGISTER_GLU_FAMILY                                                                  \
   FASTACT_GLUS(FA_REGISTER_GLU)                                                                 \
