@@ -59,9 +59,11 @@ TORCH_LIBRARY(fastact, m) {
   m.def((with_args(#name "_backward(Tensor grad_output, Tensor gate, Tensor up", SCHEMA) +   \
          ") -> (Tensor, Tensor)")                                                             \
             .c_str());                                                                        \
-  m.def((with_args(#name "_packed(Tensor input, int dim=-1", SCHEMA) + ") -> Tensor").c_str()); \
+  m.def((with_args(#name "_packed(Tensor input, int dim=-1", SCHEMA) +                        \
+         ", bool interleaved=False) -> Tensor")                                               \
+            .c_str());                                                                        \
   m.def((with_args(#name "_packed_backward(Tensor grad_output, Tensor input, int dim=-1", SCHEMA) + \
-         ") -> Tensor")                                                                       \
+         ", bool interleaved=False) -> Tensor")                                               \
             .c_str());
   FASTACT_GLUS(FA_DEF_GLU)
 #undef FA_DEF_GLU

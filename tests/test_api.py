@@ -21,7 +21,7 @@ MIRRORED = ["relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "cel
 EXTRA = {
     "swish": ["input", "beta"], "quick_gelu": ["input"], "squared_relu": ["input"],
     "swiglu": ["gate", "up", "dim"], "geglu": ["gate", "up", "dim", "approximate"],
-    "reglu": ["gate", "up", "dim"],
+    "reglu": ["gate", "up", "dim"], "clamped_swiglu": ["gate", "up", "dim", "alpha", "limit", "interleaved"],
     "dropout": ["input", "p", "training", "inplace", "generator"],
     "dropout_add": ["input", "residual", "p", "training", "generator"],
     "bias_dropout_add": ["input", "bias", "residual", "p", "training", "generator"],
@@ -71,6 +71,10 @@ def test_defaults_of_extras():
     b = inspect.signature(F.bias_act_dropout).parameters
     assert b["bias"].default is None and b["activation"].default == "gelu"
     assert inspect.signature(F.geglu).parameters["approximate"].default == "none"
+    c = inspect.signature(F.clamped_swiglu).parameters
+    assert c["up"].default is None and c["dim"].default == -1
+    assert (c["alpha"].default, c["limit"].default, c["interleaved"].default) == (1.702, 7.0, False)
+    assert all(c[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("alpha", "limit", "interleaved"))
     ce = inspect.signature(F.cross_entropy).parameters
     assert ce["ignore_index"].default == -100 and ce["reduction"].default == "mean"
     assert ce["z_loss"].kind is inspect.Parameter.KEYWORD_ONLY and ce["softcap"].default is None

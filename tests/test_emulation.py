@@ -139,8 +139,10 @@ def test_glu_family_launches_one_kernel_each_way(shape):
     for name in GLUS:
         for params in R.glu_params(name):
             fn = getattr(F, name)
-            kw = {"approximate": params[0]} if params else {}
+            kw = dict(zip(GLUS[name], params))
+            interleaved = getattr(OPS, name + "_packed")
             for label, make, shapes in ((f"{name} packed", lambda x: fn(x, **kw), [shape]),
+                                        (f"{name} interleaved", lambda x: interleaved(x, -1, *params, True), [shape]),
                                         (f"{name} two", lambda g, u: fn(g, u, **kw), [half, half])):
                 fwd, bwd = _fwd_bwd_launches(make, *shapes)
                 assert len(fwd) == expected and len(bwd) == expected, (label, fwd, bwd)

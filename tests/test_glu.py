@@ -1,7 +1,12 @@
-"""The GLU family against torch formulas: both forms, any dim, every dtype and
-device, gradients, gradcheck, opcheck, torch.compile, errors, and the LLaMA
-SwiGLU block."""
+"""The GLU family against torch formulas: the two-tensor form and both packed
+forms (halves, interleaved), any dim, every dtype and device, gradients,
+gradcheck, opcheck, torch.compile, errors, and the LLaMA SwiGLU block; then
+what only gpt-oss's clamped SwiGLU has (its clamps at special values, its
+arguments)."""
 from __future__ import annotations
+
+import inspect
+import math
 
 import pytest
 import torch
@@ -18,17 +23,34 @@ SHAPES_DIMS = [((6,), -1), ((4, 2 * 33), -1), ((3, 8, 5), 1), ((8, 3, 5), 0), ((
                ((5, 2 * 1024 + 2), -1), ((2, 3, 4, 6), 2)]
 
 
-def call(name, gate, up, dim, params):
-    return getattr(F, name)(gate, up, dim, *params) if name != "geglu" else \
-        F.geglu(gate, up, dim, *params)
+PACKINGS = ["halves", "interleaved", "two-tensor"]
 
 
-def torch_value_and_grads(name, params, inputs, dy, dim, packed):
+def call(name, gate, up, dim, params, interleaved=False):
+    """fastact's op: the functional API with the op's arguments by name; an
+    interleaved packed input of an op whose functional form does not take
+    `interleaved` (all but clamped_swiglu) through the registered op."""
+    kwargs = dict(zip(GLUS[name], params))
+    if interleaved and "interleaved" not in inspect.signature(getattr(F, name)).parameters:
+        assert up is None
+        return getattr(torch.ops.fastact, name + "_packed")(gate, dim, *params, True)
+    if interleaved:
+        kwargs["interleaved"] = True
+    return getattr(F, name)(gate, up, dim, **kwargs)
+
+
+def split(x, dim, packing):
+    """The inputs of a packing: [x] when packed, else its two halves."""
+    return list(x.chunk(2, dim=dim)) if packing == "two-tensor" else [x]
+
+
+def torch_value_and_grads(name, params, inputs, dy, dim, packing):
     """torch's output and input gradients in the inputs' dtype (in float32,
     rounded once, where torch's CPU kernels lack the half type)."""
     def run(ts, g):
         ts = [t.detach().clone().requires_grad_(True) for t in ts]
-        y = R.gated(name, ts[0], None if packed else ts[1], dim, *params)
+        y = R.gated(name, ts[0], ts[1] if packing == "two-tensor" else None, dim, *params,
+                    interleaved=packing == "interleaved")
         return (y.detach(), *torch.autograd.grad(y, ts, g))
     try:
         return run(inputs, dy)
@@ -40,16 +62,16 @@ def torch_value_and_grads(name, params, inputs, dy, dim, packed):
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("shape,dim", SHAPES_DIMS, ids=str)
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-tensor"])
-def test_matches_torch(name, params, dtype, shape, dim, packed, device):
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_matches_torch(name, params, dtype, shape, dim, packing, device):
     x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype).to(device)
-    inputs = [x] if packed else list(x.chunk(2, dim=dim))
-    inputs = [t.requires_grad_(True) for t in inputs]
-    y = call(name, inputs[0], None if packed else inputs[1], dim, params)
+    inputs = [t.requires_grad_(True) for t in split(x, dim, packing)]
+    y = call(name, inputs[0], inputs[1] if packing == "two-tensor" else None, dim, params,
+             packing == "interleaved")
     dy = torch.randn_like(y)
     grads = torch.autograd.grad(y, inputs, dy)
-    theirs = torch_value_and_grads(name, params, inputs, dy, dim, packed)
-    ref64 = torch_value_and_grads(name, params, [t.double() for t in inputs], dy.double(), dim, packed)
+    theirs = torch_value_and_grads(name, params, inputs, dy, dim, packing)
+    ref64 = torch_value_and_grads(name, params, [t.double() for t in inputs], dy.double(), dim, packing)
     for ours, t, r in zip((y.detach(), *grads), theirs, ref64):
         assert_matches(ours, t, r if dtype in HALF_DTYPES or dtype == torch.float32 else None)
 
@@ -87,6 +109,10 @@ def test_non_contiguous(name, params, device):
     offset = torch.randn(1 + 4 * 34, device=device)[1:].view(4, 34)  # misaligned for vector loads
     torch.testing.assert_close(call(name, offset, None, -1, params),
                                call(name, offset.clone(), None, -1, params))
+    for interleaved_dim in (-1, 0):  # interleaved, paired along the last dim / pairs of rows
+        t = torch.randn(40, 12, device=device).t()
+        torch.testing.assert_close(call(name, t, None, interleaved_dim, params, True),
+                                   call(name, t.contiguous(), None, interleaved_dim, params, True))
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)
@@ -100,6 +126,12 @@ def test_packed_backward_writes_one_gradient(name, params, device):
     yr = call(name, gate_r, up_r, -1, params)
     g_gate, g_up = torch.autograd.grad(yr.sum(), (gate_r, up_r))
     torch.testing.assert_close(g, torch.cat([g_gate, g_up], -1))
+    # interleaved: the gradient of gate at the even, of up at the odd positions
+    (gi,) = torch.autograd.grad(call(name, x, None, -1, params, True).sum(), x)
+    assert gi.shape == x.shape and gi.is_contiguous()
+    gate_r, up_r = (t.clone().requires_grad_(True) for t in R.split_packed(x.detach(), -1, True))
+    g_gate, g_up = torch.autograd.grad(call(name, gate_r, up_r, -1, params).sum(), (gate_r, up_r))
+    torch.testing.assert_close(gi, torch.stack([g_gate, g_up], -1).flatten(-2))
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)
@@ -108,6 +140,8 @@ def test_gradcheck(name, params, device):
     x[x.abs() < 1e-2] += 0.05  # away from relu's kink
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: call(name, t, None, -1, params), (x,))
+    assert torch.autograd.gradcheck(lambda t: call(name, t, None, -1, params, True), (x,))
+    assert torch.autograd.gradcheck(lambda t: call(name, t, None, 0, params, True), (x[:2].detach().clone().requires_grad_(True),))
     g, u = (t.detach().clone().requires_grad_(True) for t in x.chunk(2, -1))
     assert torch.autograd.gradcheck(lambda a, b: call(name, a, b, -1, params), (g, u))
 
@@ -126,6 +160,12 @@ def test_opcheck(name, params, device):
     torch.library.opcheck(getattr(ops, name + "_backward").default, (torch.randn(3, 10, device=device), g.detach(), u.detach(), *params))
     torch.library.opcheck(getattr(ops, name + "_packed").default, (x.clone().requires_grad_(True), 1, *params))
     torch.library.opcheck(getattr(ops, name + "_packed_backward").default, (torch.randn(3, 1, 10, device=device), x, 1, *params))
+    for dim in (1, 2):  # interleaved: pairs of rows, paired elements
+        out_shape = (3, 1, 10) if dim == 1 else (3, 2, 5)
+        torch.library.opcheck(getattr(ops, name + "_packed").default,
+                              (x.clone().requires_grad_(True), dim, *params, True))
+        torch.library.opcheck(getattr(ops, name + "_packed_backward").default,
+                              (torch.randn(out_shape, device=device), x, dim, *params, True))
 
 
 def test_glu_opcheck(device):
@@ -139,7 +179,8 @@ def test_compile_fullgraph(device):
 
     def block(x, w):
         h = F.swiglu(x @ w)
-        return F.geglu(h, approximate="tanh") + F.reglu(h[:, :8], h[:, 8:]) + F.glu(h)
+        return (F.geglu(h, approximate="tanh") + F.reglu(h[:, :8], h[:, 8:]) + F.glu(h)
+                + F.clamped_swiglu(h, interleaved=True, limit=2.0) + F.clamped_swiglu(h[:, :8], h[:, 8:]))
 
     x = torch.randn(8, 16, device=device, requires_grad=True)
     w = torch.randn(16, 32, device=device, requires_grad=True)
@@ -229,4 +270,134 @@ def test_double_backward(name, params, device):
     x = torch.randn(3, 10, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda a, b: call(name, a, b, -1, params), (gate, up))
     assert torch.autograd.gradgradcheck(lambda a: call(name, a, None, 1, params), (x,))
+    assert torch.autograd.gradgradcheck(lambda a: call(name, a, None, 1, params, True), (x,))
     assert torch.autograd.gradgradcheck(lambda a: F.glu(a, 1), (x,))
+
+
+# --- gpt-oss's clamped SwiGLU -------------------------------------------------------------
+
+LIMIT = 7.0
+# every value class the clamps and the sigmoid distinguish
+SPECIAL = [-math.inf, -1e30, -100.0, -LIMIT - 1, -LIMIT, -LIMIT + 1e-3, -1.0, -0.0, 0.0, 0.5,
+           LIMIT - 1e-3, LIMIT, LIMIT + 1e-3, 100.0, math.inf, math.nan]
+
+
+def gpt_oss_experts_glu(gate_up, alpha=1.702, limit=LIMIT):
+    """transformers' GptOssExperts: gate_up[..., ::2] and [..., 1::2]."""
+    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+    gate = gate.clamp(min=None, max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    glu = gate * torch.sigmoid(gate * alpha)
+    return (up + 1) * glu
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_clamped_swiglu_special_values(dtype, device):
+    # every (gate, up) pair of special values, as two tensors and interleaved;
+    # NaN where torch gives NaN, and the clamps' gradient masks exactly
+    g, u = torch.meshgrid(torch.tensor(SPECIAL, dtype=torch.float64), torch.tensor(SPECIAL, dtype=torch.float64),
+                          indexing="ij")
+    g, u = g.to(dtype).to(device), u.to(dtype).to(device)
+    packed = torch.stack([g, u], -1).flatten(-2)
+    dy = torch.randn(g.shape, dtype=torch.float64).to(dtype).to(device)
+    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    ref = _value_and_grads(R.clamped_swiglu, [g.to(compute), u.to(compute)], dy.to(compute))
+    ref = [r.to(dtype) for r in ref]
+    ours = _value_and_grads(F.clamped_swiglu, [g, u], dy)
+    ours_packed = _value_and_grads(lambda t: F.clamped_swiglu(t, interleaved=True), [packed], dy)
+    ours_packed = [ours_packed[0], ours_packed[1][..., ::2], ours_packed[1][..., 1::2]]
+    for got in (ours, ours_packed):
+        for a, b in zip(got, ref):
+            assert torch.equal(a.isnan(), b.isnan())
+            torch.testing.assert_close(a, b, equal_nan=True,
+                                       **({} if dtype in (torch.float32, torch.float64) else dict(atol=0, rtol=1e-2)))
+    # the masks, torch's: gradient strictly inside the bounds only (none at
+    # gate == limit, up == +-limit, a NaN)
+    d_gate, d_up = ours[1:]
+    assert (d_gate[(g >= LIMIT) | g.isnan()] == 0).all()
+    assert (d_up[(u.abs() >= LIMIT) | u.isnan()] == 0).all()
+    inside = (g < LIMIT) & g.isfinite() & (u.abs() < LIMIT)
+    assert (d_up[inside & (g > 0)] != 0).all()
+
+
+def _value_and_grads(fn, inputs, dy):
+    ts = [t.detach().clone().requires_grad_(True) for t in inputs]
+    y = fn(*ts)
+    return [y.detach(), *torch.autograd.grad(y, ts, dy)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_clamped_swiglu_is_gpt_oss(dtype, device):
+    # the interleaved packed form against transformers' code, large and odd
+    # row lengths, values well past the limit
+    for shape in [(4, 2 * 2881), (3, 5, 2 * 7), (2,)]:
+        x = (torch.randn(shape, dtype=torch.float64) * 6).to(dtype).to(device).requires_grad_(True)
+        y = F.clamped_swiglu(x, interleaved=True)
+        dy = torch.randn_like(y)
+        (g,) = torch.autograd.grad(y, x, dy)
+        x64 = x.detach().double().requires_grad_(True)
+        y64 = gpt_oss_experts_glu(x64)
+        (g64,) = torch.autograd.grad(y64, x64, dy.double())
+        xt = x.detach().clone().requires_grad_(True)
+        try:
+            yt = gpt_oss_experts_glu(xt)
+            (gt,) = torch.autograd.grad(yt, xt, dy)
+        except RuntimeError:
+            xf = x.detach().float().requires_grad_(True)
+            yt = gpt_oss_experts_glu(xf)
+            (gt,) = torch.autograd.grad(yt, xf, dy.float())
+            yt, gt = yt.to(dtype), gt.to(dtype)
+        ref = dtype != torch.float64
+        assert_matches(y.detach(), yt.detach(), y64.detach() if ref else None)
+        assert_matches(g, gt, g64 if ref else None)
+
+
+def test_clamped_swiglu_shapes(device):
+    # 0-dim and empty two-tensor inputs, the defaults, a keyword-only alpha/limit
+    gate, up = torch.tensor(8.0, device=device), torch.tensor(-9.0, device=device)
+    torch.testing.assert_close(F.clamped_swiglu(gate, up), R.clamped_swiglu(gate, up))
+    empty = torch.randn(0, 6, device=device, requires_grad=True)
+    for interleaved in (False, True):
+        y = F.clamped_swiglu(empty, interleaved=interleaved)
+        assert y.shape == (0, 3)
+        y.sum().backward()
+        assert empty.grad.shape == (0, 6)
+    assert F.clamped_swiglu(torch.randn(2, 4, 0, device=device), None, 1, interleaved=True).shape == (2, 2, 0)
+    x = torch.randn(5, 8, device=device) * 4
+    torch.testing.assert_close(F.clamped_swiglu(x, alpha=0.5, limit=2.0), R.gated("clamped_swiglu", x, None, -1, 0.5, 2.0))
+    torch.testing.assert_close(F.clamped_swiglu(x, limit=math.inf), R.gated("clamped_swiglu", x, None, -1, 1.702, math.inf))
+    with pytest.raises(TypeError):
+        F.clamped_swiglu(x, None, -1, 1.0)  # alpha is keyword-only
+
+
+def test_clamped_swiglu_bad_input_raises(device):
+    x = torch.randn(3, 8, device=device)
+    with pytest.raises(ValueError, match="fastact.clamped_swiglu.*interleaved.*up=None"):
+        F.clamped_swiglu(x, x, interleaved=True)
+    with pytest.raises(ValueError, match="fastact.clamped_swiglu.*even.*pairs"):
+        F.clamped_swiglu(torch.randn(3, 7, device=device), interleaved=True)
+    for limit in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="fastact.clamped_swiglu: limit must be positive"):
+            F.clamped_swiglu(x, limit=limit)
+        with pytest.raises(ValueError, match="fastact.clamped_swiglu: limit"):
+            F.clamped_swiglu(x[:, :4], x[:, 4:], limit=limit)
+    for alpha in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="fastact.clamped_swiglu: alpha must be finite"):
+            F.clamped_swiglu(x, alpha=alpha)
+    with pytest.raises(TypeError, match="fastact.clamped_swiglu.*float32"):
+        F.clamped_swiglu(torch.ones(3, 8, device=device, dtype=torch.int32))
+    with pytest.raises(RuntimeError):  # both a ValueError and a RuntimeError
+        F.clamped_swiglu(x, limit=0.0)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_interleaved_reads_in_place(name, params, device):
+    # the interleaved kernels take the packed buffer as it is: no split, no
+    # copy, no cat, forward or backward
+    x = torch.randn(64, 2 * 100, device=device, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        y = call(name, x, None, -1, params, True)
+        (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    names = {e.name for e in prof.events()}
+    assert not names & {"aten::copy_", "aten::clone", "aten::cat", "aten::stack", "aten::slice"}, names
+    torch.testing.assert_close(y, R.gated(name, x.detach(), None, -1, *params, interleaved=True))

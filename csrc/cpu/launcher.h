@@ -19,13 +19,36 @@
 
 namespace fastact {
 
+// n half-type elements, `STEP` apart in the source (a paired operand: 2),
+// widened into a float block, and the reverse.
+template <int64_t STEP, class S, class T>
+inline void widen_block(const S* s, T* d, int64_t n) {
+  if constexpr (STEP == 1) {
+    half_convert::widen_n(s, d, n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) d[j] = half_convert::widen(s[j * STEP]);
+  }
+}
+template <int64_t STEP, class S, class T>
+inline void narrow_block(const T* s, S* d, int64_t n) {
+  if constexpr (STEP == 1) {
+    half_convert::narrow_n(s, d, n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) half_convert::narrow(s[j], d[j * STEP]);
+  }
+}
+
 // Elements [begin, end) of one row segment: `index` of the first element,
-// pointers already advanced to it.
-template <class Op, class S, int NIN, int NOUT>
+// pointers already advanced to it. Operands flagged in PAIRED_IN/PAIRED_OUT
+// take every other element (ElementwiseArgs).
+template <class Op, class S, int NIN, int NOUT, unsigned PAIRED_IN = 0, unsigned PAIRED_OUT = 0>
 FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* const* out,
                                            int64_t index, int64_t count) {
   static_assert(NIN >= 1 && NIN <= 4 && NOUT >= 1 && NOUT <= 2, "operand count");
   using T = at::opmath_type<S>;
+  constexpr int64_t si0 = operand_step(PAIRED_IN, 0), si1 = operand_step(PAIRED_IN, 1);
+  constexpr int64_t si2 = operand_step(PAIRED_IN, 2), si3 = operand_step(PAIRED_IN, 3);
+  constexpr int64_t so0 = operand_step(PAIRED_OUT, 0), so1 = operand_step(PAIRED_OUT, 1);
   // The vectorizer wants straight-line code over scalars: a local copy of the
   // op (its parameters become loop invariants, and a branch on one, like
   // gelu's form, is hoisted out of the loop) and one local per pointer (an
@@ -51,19 +74,19 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
     for (int64_t b = 0; b < count; b += kBlock) {
       const int64_t n = std::min(kBlock, count - b);
       if constexpr (!kInline) {
-        hc::widen_n(i0 + b, xb[0], n);
-        if constexpr (NIN > 1) hc::widen_n(i1 + b, xb[1], n);
-        if constexpr (NIN > 2) hc::widen_n(i2 + b, xb[2], n);
-        if constexpr (NIN > 3) hc::widen_n(i3 + b, xb[3], n);
+        widen_block<si0>(i0 + b * si0, xb[0], n);
+        if constexpr (NIN > 1) widen_block<si1>(i1 + b * si1, xb[1], n);
+        if constexpr (NIN > 2) widen_block<si2>(i2 + b * si2, xb[2], n);
+        if constexpr (NIN > 3) widen_block<si3>(i3 + b * si3, xb[3], n);
       }
       const T* const x0 = xb[0];
       const T* const x1 = xb[NIN > 1 ? 1 : 0];
       const T* const x2 = xb[NIN > 2 ? 2 : 0];
       const T* const x3 = xb[NIN > 3 ? 3 : 0];
-      const S* const s0 = i0 + b;
-      const S* const s1 = NIN > 1 ? i1 + b : nullptr;
-      const S* const s2 = NIN > 2 ? i2 + b : nullptr;
-      const S* const s3 = NIN > 3 ? i3 + b : nullptr;
+      const S* const s0 = i0 + b * si0;
+      const S* const s1 = NIN > 1 ? i1 + b * si1 : nullptr;
+      const S* const s2 = NIN > 2 ? i2 + b * si2 : nullptr;
+      const S* const s3 = NIN > 3 ? i3 + b * si3 : nullptr;
       T* const y0 = yb[0];
       T* const y1 = yb[NOUT > 1 ? 1 : 0];
 #pragma GCC ivdep
@@ -71,10 +94,10 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
         T x[NIN];
         T y[NOUT];
         if constexpr (kInline) {
-          x[0] = hc::widen(s0[j]);
-          if constexpr (NIN > 1) x[1] = hc::widen(s1[j]);
-          if constexpr (NIN > 2) x[2] = hc::widen(s2[j]);
-          if constexpr (NIN > 3) x[3] = hc::widen(s3[j]);
+          x[0] = hc::widen(s0[j * si0]);
+          if constexpr (NIN > 1) x[1] = hc::widen(s1[j * si1]);
+          if constexpr (NIN > 2) x[2] = hc::widen(s2[j * si2]);
+          if constexpr (NIN > 3) x[3] = hc::widen(s3[j * si3]);
         } else {
           x[0] = x0[j];
           if constexpr (NIN > 1) x[1] = x1[j];
@@ -85,8 +108,8 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
         y0[j] = y[0];
         if constexpr (NOUT > 1) y1[j] = y[1];
       }
-      hc::narrow_n(yb[0], o0 + b, n);
-      if constexpr (NOUT > 1) hc::narrow_n(yb[1], o1 + b, n);
+      narrow_block<so0>(yb[0], o0 + b * so0, n);
+      if constexpr (NOUT > 1) narrow_block<so1>(yb[1], o1 + b * so1, n);
     }
     return;
   }
@@ -94,13 +117,13 @@ FA_CPU_CLONES void cpu_elementwise_segment(const Op& op, const S* const* in, S* 
   for (int64_t j = 0; j < count; ++j) {
     T x[NIN];
     T y[NOUT];
-    x[0] = static_cast<T>(i0[j]);
-    if constexpr (NIN > 1) x[1] = static_cast<T>(i1[j]);
-    if constexpr (NIN > 2) x[2] = static_cast<T>(i2[j]);
-    if constexpr (NIN > 3) x[3] = static_cast<T>(i3[j]);
+    x[0] = static_cast<T>(i0[j * si0]);
+    if constexpr (NIN > 1) x[1] = static_cast<T>(i1[j * si1]);
+    if constexpr (NIN > 2) x[2] = static_cast<T>(i2[j * si2]);
+    if constexpr (NIN > 3) x[3] = static_cast<T>(i3[j * si3]);
     local_op(index + j, x, y);
-    o0[j] = static_cast<S>(y[0]);
-    if constexpr (NOUT > 1) o1[j] = static_cast<S>(y[1]);
+    o0[j * so0] = static_cast<S>(y[0]);
+    if constexpr (NOUT > 1) o1[j * so1] = static_cast<S>(y[1]);
   }
 }
 
@@ -194,11 +217,15 @@ struct CpuLauncher {
 
   // The segment function for this op and type: bfloat16/float16 ops that
   // draw nothing take the in-register copy of the CPU's instruction set
-  // (half_segment.h) where there is one.
-  template <class Op, class S, int NIN, int NOUT>
+  // (half_segment.h) where there is one; paired operands (every other
+  // element) take the generic loop, whose stride-2 accesses vectorize.
+  template <class Op, class S, int NIN, int NOUT, unsigned PAIRED_IN, unsigned PAIRED_OUT>
   static Segment<Op, S, NIN, NOUT> segment_for() {
     if constexpr (IsRandomOp<Op>::value) {
+      static_assert(PAIRED_IN == 0 && PAIRED_OUT == 0, "random ops take dense operands");
       return &cpu_random_segment<Op, S, NIN, NOUT>;
+    } else if constexpr (PAIRED_IN != 0 || PAIRED_OUT != 0) {
+      return &cpu_elementwise_segment<Op, S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>;
     } else {
 #if FA_HALF_SEGMENTS
       if constexpr (half_convert::is_narrow<S>) {
@@ -213,12 +240,13 @@ struct CpuLauncher {
     }
   }
 
-  template <class Op, class S, int NIN, int NOUT>
-  static void run(const Op& op, const ElementwiseArgs<S, NIN, NOUT>& a) {
+  template <class Op, class S, int NIN, int NOUT, unsigned PAIRED_IN, unsigned PAIRED_OUT>
+  static void run(const Op& op, const ElementwiseArgs<S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>& a) {
     static_assert(Op::kIn == NIN && Op::kOut == NOUT, "op adapter and operands disagree");
+    using Args = ElementwiseArgs<S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>;
     const int64_t n = a.numel();
     if (n == 0) return;
-    const Segment<Op, S, NIN, NOUT> segment = segment_for<Op, S, NIN, NOUT>();
+    const Segment<Op, S, NIN, NOUT> segment = segment_for<Op, S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       int64_t row = begin / a.inner;
       int64_t col = begin - row * a.inner;
@@ -227,8 +255,8 @@ struct CpuLauncher {
         const int64_t count = std::min(a.inner - col, end - e);
         const S* in[NIN];
         S* out[NOUT];
-        for (int k = 0; k < NIN; ++k) in[k] = a.in[k] + row * a.in_stride[k] + col;
-        for (int k = 0; k < NOUT; ++k) out[k] = a.out[k] + row * a.out_stride[k] + col;
+        for (int k = 0; k < NIN; ++k) in[k] = a.in[k] + row * a.in_stride[k] + col * Args::in_step(k);
+        for (int k = 0; k < NOUT; ++k) out[k] = a.out[k] + row * a.out_stride[k] + col * Args::out_step(k);
         segment(op, in, out, e, count);
         e += count;
         ++row;

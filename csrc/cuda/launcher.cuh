@@ -4,7 +4,10 @@
 // Each thread moves 16 bytes per operand per step (128-bit loads and stores)
 // when every pointer is 16-byte aligned and no vector crosses a row end;
 // otherwise the same kernel runs with one element per step. Indices are
-// 64-bit throughout, so tensors past 2^31 elements are handled. Launches go
+// 64-bit throughout, so tensors past 2^31 elements are handled. Paired
+// operands (every other element: the interleaved GLU form) take the
+// one-element path; each warp's loads of gate and up then fall on the same
+// cache lines, so DRAM traffic is that of a dense read. Launches go
 // on the current stream of the current device (the caller holds the guard).
 #include <ATen/OpMathType.h>
 
@@ -22,11 +25,13 @@ struct alignas(sizeof(S) * VEC) VecOf {
   S v[VEC];
 };
 
-template <int VEC, class Op, class S, int NIN, int NOUT>
+template <int VEC, class Op, class S, int NIN, int NOUT, unsigned PAIRED_IN, unsigned PAIRED_OUT>
 __global__ void __launch_bounds__(256)
-    elementwise_kernel(Op op, ElementwiseArgs<S, NIN, NOUT> a) {
+    elementwise_kernel(Op op, ElementwiseArgs<S, NIN, NOUT, PAIRED_IN, PAIRED_OUT> a) {
   using T = at::opmath_type<S>;
   using V = VecOf<S, VEC>;
+  using Args = ElementwiseArgs<S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>;
+  static_assert(VEC == 1 || Args::kDense, "vector loads need dense operands");
   const int64_t n = a.rows * a.inner;
   const int64_t nvec = n / VEC;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -45,7 +50,7 @@ __global__ void __launch_bounds__(256)
     V vin[NIN];
 #pragma unroll
     for (int k = 0; k < NIN; ++k)
-      vin[k] = gload(reinterpret_cast<const V*>(a.in[k] + row * a.in_stride[k] + col));
+      vin[k] = gload(reinterpret_cast<const V*>(a.in[k] + row * a.in_stride[k] + col * Args::in_step(k)));
     V vout[NOUT];
     Philox4x32 draws{};
 #pragma unroll
@@ -70,7 +75,7 @@ __global__ void __launch_bounds__(256)
     }
 #pragma unroll
     for (int k = 0; k < NOUT; ++k)
-      gstore(reinterpret_cast<V*>(a.out[k] + row * a.out_stride[k] + col), vout[k]);
+      gstore(reinterpret_cast<V*>(a.out[k] + row * a.out_stride[k] + col * Args::out_step(k)), vout[k]);
   }
   // The vector path is only taken with a single row or rows that hold whole
   // vectors, so the remainder (fewer than VEC elements) lies in the last row.
@@ -82,14 +87,16 @@ __global__ void __launch_bounds__(256)
       T x[NIN];
       T y[NOUT];
 #pragma unroll
-      for (int k = 0; k < NIN; ++k) x[k] = static_cast<T>(gload(a.in[k] + row * a.in_stride[k] + col));
+      for (int k = 0; k < NIN; ++k)
+        x[k] = static_cast<T>(gload(a.in[k] + row * a.in_stride[k] + col * Args::in_step(k)));
       if constexpr (IsRandomOp<Op>::value) {
         op(e, philox_uniform(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(e)), x, y);
       } else {
         op(e, x, y);
       }
 #pragma unroll
-      for (int k = 0; k < NOUT; ++k) gstore(a.out[k] + row * a.out_stride[k] + col, static_cast<S>(y[k]));
+      for (int k = 0; k < NOUT; ++k)
+        gstore(a.out[k] + row * a.out_stride[k] + col * Args::out_step(k), static_cast<S>(y[k]));
     }
   }
 }
@@ -101,13 +108,14 @@ inline int64_t max_resident_blocks() { return static_cast<int64_t>(multiprocesso
 struct CudaLauncher {
   static constexpr int kThreads = 256;
 
-  template <class Op, class S, int NIN, int NOUT>
-  static void run(const Op& op, const ElementwiseArgs<S, NIN, NOUT>& a) {
+  template <class Op, class S, int NIN, int NOUT, unsigned PAIRED_IN, unsigned PAIRED_OUT>
+  static void run(const Op& op, const ElementwiseArgs<S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>& a) {
     static_assert(Op::kIn == NIN && Op::kOut == NOUT, "op adapter and operands disagree");
     constexpr int kVec = 16 / sizeof(S);
+    constexpr bool kDense = ElementwiseArgs<S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>::kDense;
     const int64_t n = a.numel();
     if (n == 0) return;
-    bool vec_ok = a.rows == 1 || a.inner % kVec == 0;
+    bool vec_ok = kDense && (a.rows == 1 || a.inner % kVec == 0);
     for (int k = 0; k < NIN; ++k)
       vec_ok = vec_ok && reinterpret_cast<uintptr_t>(a.in[k]) % 16 == 0 &&
                (a.rows == 1 || a.in_stride[k] % kVec == 0);
@@ -117,11 +125,14 @@ struct CudaLauncher {
     const int64_t work = vec_ok ? (n + kVec - 1) / kVec : n;
     const int64_t blocks = std::min((work + kThreads - 1) / kThreads, max_resident_blocks());
     const Stream stream = current_stream();
-    if (vec_ok) {
-      FA_LAUNCH(blocks, kThreads, 0, stream, elementwise_kernel<kVec, Op, S, NIN, NOUT>)(op, a);
-    } else {
-      FA_LAUNCH(blocks, kThreads, 0, stream, elementwise_kernel<1, Op, S, NIN, NOUT>)(op, a);
+    if constexpr (kDense) {
+      if (vec_ok) {
+        FA_LAUNCH(blocks, kThreads, 0, stream, elementwise_kernel<kVec, Op, S, NIN, NOUT, 0u, 0u>)(op, a);
+        return;
+      }
     }
+    FA_LAUNCH(blocks, kThreads, 0, stream,
+              elementwise_kernel<1, Op, S, NIN, NOUT, PAIRED_IN, PAIRED_OUT>)(op, a);
   }
 };
 

@@ -22,7 +22,8 @@ torch's own ops):
   ``_StridedShard(dim, split_factor=2)``, i.e. each rank holds
   ``[gate_r | up_r]`` -- the output is then ``Shard(dim)``. A packed input
   plainly ``Shard``-ed on the split dim is replicated first (its halves would
-  not pair up).
+  not pair up); so is an interleaved one (a shard of odd size would split a
+  (gate, up) pair).
 - dropout family: the output follows the input, ``Partial`` included where
   the op is linear (``dropout``, ``dropout_add``, ``bias_dropout_add``); a
   bias over the last dim is sharded with it. See :func:`dtensor_seed` for
@@ -182,19 +183,28 @@ def _split_dim(x, dim):
     return dim + x.ndim if dim < 0 else dim
 
 
+def _interleaved(params) -> bool:
+    # the packed GLU ops' last argument (glu has none)
+    return bool(params) and params[-1] is True
+
+
 def _packed_rule(x, dim=-1, *params):
     args = (x, dim, *params)
     d = _split_dim(x, dim)
-    return _follow(args, x, skip=(d,)) + [([Shard(d)], _inputs(args, _StridedShard(d, split_factor=2)))]
+    rules = _follow(args, x, skip=(d,))
+    if not _interleaved(params):
+        rules.append(([Shard(d)], _inputs(args, _StridedShard(d, split_factor=2))))
+    return rules
 
 
 def _packed_backward_rule(grad, x, dim=-1, *params):
     args = (grad, x, dim, *params)
     d = _split_dim(x, dim)
-    return (_follow(args, x, skip=(d,))
-            + [([_StridedShard(d, split_factor=2)], _inputs(args, _StridedShard(d, split_factor=2),
-                                                             {0: Shard(d)})),
-               ([Partial()], _inputs(args, R(), {0: Partial()}))])
+    rules = _follow(args, x, skip=(d,))
+    if not _interleaved(params):
+        rules.append(([_StridedShard(d, split_factor=2)],
+                      _inputs(args, _StridedShard(d, split_factor=2), {0: Shard(d)})))
+    return rules + [([Partial()], _inputs(args, R(), {0: Partial()}))]
 
 
 for _name in GLUS:

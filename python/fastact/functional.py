@@ -17,7 +17,7 @@ __all__ = [
     "mish", "sigmoid", "tanh", "logsigmoid", "hardswish", "hardsigmoid", "hardtanh",
     "softplus", "softshrink", "hardshrink", "tanhshrink", "softsign", "threshold",
     "swish", "quick_gelu", "squared_relu",
-    "glu", "swiglu", "geglu", "reglu",
+    "glu", "swiglu", "geglu", "reglu", "clamped_swiglu",
 ]
 
 _ops = torch.ops.fastact
@@ -197,9 +197,12 @@ def glu(input: Tensor, dim: int = -1) -> Tensor:
     return _ops.glu(input, dim)
 
 
-def _gated(name: str, gate: Tensor, up: Optional[Tensor], dim: int, *params) -> Tensor:
+def _gated(name: str, gate: Tensor, up: Optional[Tensor], dim: int, *params,
+           interleaved: bool = False) -> Tensor:
     if up is None:
-        return getattr(_ops, name + "_packed")(gate, dim, *params)
+        return getattr(_ops, name + "_packed")(gate, dim, *params, interleaved)
+    if interleaved:
+        raise ValueError(f"fastact.{name}: interleaved=True describes a packed input; it takes up=None")
     return getattr(_ops, name)(gate, up, *params)
 
 
@@ -218,6 +221,22 @@ def geglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1,
 def reglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1) -> Tensor:
     """``relu(gate) * up``; ``up=None`` as in :func:`swiglu`."""
     return _gated("reglu", gate, up, dim)
+
+
+def clamped_swiglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1, *, alpha: float = 1.702,
+                   limit: float = 7.0, interleaved: bool = False) -> Tensor:
+    """gpt-oss's gated unit: with ``g = gate.clamp(max=limit)`` and
+    ``u = up.clamp(-limit, limit)``, ``g * sigmoid(alpha * g) * (u + 1)``.
+
+    With ``up=None``, ``gate`` holds both parts along ``dim``: its two halves
+    (first gate, then up), or with ``interleaved=True`` gate at the even and
+    up at the odd positions (transformers' ``gate_up[..., ::2]`` and
+    ``gate_up[..., 1::2]``), read in place either way. Gradients are those of
+    the torch composite: torch's clamp passes the gradient strictly inside its
+    bounds (none at ``gate == limit``, ``up == +-limit`` or a NaN input).
+    ``limit`` must be positive (``inf`` clamps nothing) and ``alpha`` finite;
+    ``interleaved=True`` with an ``up`` tensor raises ``ValueError``."""
+    return _gated("clamped_swiglu", gate, up, dim, float(alpha), float(limit), interleaved=interleaved)
 
 
 # --- fused dropout (dropout.py) -----------------------------------------------------------

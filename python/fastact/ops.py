@@ -216,7 +216,8 @@ def _rrelu_backward(ctx, grad):
 register_autograd("fastact::rrelu_train", _rrelu_backward, setup_context=_rrelu_setup)
 
 
-# The GLU family (glu_ops.h): two-tensor and packed forms, generated from the list.
+# The GLU family (glu_ops.h): two-tensor and packed forms, generated from the
+# list; the packed forms take `interleaved` after the op's own arguments.
 GLUS: dict[str, list[str]] = _op_table(torch.ops.fastact._glu_ops())
 
 
@@ -267,8 +268,10 @@ def _register_glu(name: str) -> None:
     register_autograd(f"fastact::{name}_packed", backward_packed, setup_context=setup_packed)
     _register_double_backward(f"{name}_backward", 2,
                               lambda gate, up, *params: reference.gated(name, gate, up, -1, *params))
+    # (the packed ops' last argument is `interleaved`)
     _register_double_backward(f"{name}_packed_backward", 1,
-                              lambda x, dim, *params: reference.gated(name, x, None, dim, *params))
+                              lambda x, dim, *params: reference.gated(name, x, None, dim, *params[:-1],
+                                                                      interleaved=params[-1]))
 
 
 for _name in GLUS:

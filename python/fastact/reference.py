@@ -56,21 +56,45 @@ def prelu(x, weight):
     return TF.prelu(x, weight)
 
 
-#: Gated op name -> the activation applied to the gate, taking (gate, *params).
-GLU_ACTIVATIONS = {
-    "swiglu": TF.silu,
-    "geglu": lambda g, approximate="none": TF.gelu(g, approximate=approximate),
-    "reglu": TF.relu,
+def clamped_swiglu(gate, up, alpha=1.702, limit=7.0):
+    """gpt-oss's gated unit (transformers' GptOssExperts)."""
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * (gate * torch.sigmoid(gate * alpha))
+
+
+#: Gated op name -> its formula, taking (gate, up, *params).
+GLU_FORMULAS = {
+    "swiglu": lambda g, u: TF.silu(g) * u,
+    "geglu": lambda g, u, approximate="none": TF.gelu(g, approximate=approximate) * u,
+    "reglu": lambda g, u: TF.relu(g) * u,
+    "clamped_swiglu": clamped_swiglu,
 }
-GLU_PARAMS = {"geglu": [("none",), ("tanh",)]}
+#: Parameter sets the tests and the self-check run each gated op with (in
+#: schema order; fastact.ops.GLUS names them).
+GLU_PARAMS = {"geglu": [("none",), ("tanh",)],
+              "clamped_swiglu": [(1.702, 7.0), (1.0, 1.5)]}
 
 
 def glu_params(name: str) -> list:
     return GLU_PARAMS.get(name, [()])
 
 
-def gated(name: str, gate, up=None, dim: int = -1, *params):
-    """``act(gate) * up``, or of the two halves of ``gate`` along ``dim``."""
+def split_packed(x, dim: int = -1, interleaved: bool = False):
+    """(gate, up) of a packed tensor: its two halves along ``dim``, or its even
+    and odd positions there (``x[..., ::2]``, ``x[..., 1::2]``)."""
+    if not interleaved:
+        return x.chunk(2, dim=dim)
+    at = [slice(None)] * x.ndim
+    at[dim] = slice(0, None, 2)
+    gate = x[tuple(at)]
+    at[dim] = slice(1, None, 2)
+    return gate, x[tuple(at)]
+
+
+def gated(name: str, gate, up=None, dim: int = -1, *params, interleaved: bool = False):
+    """The gated op ``name`` of ``gate`` and ``up``, or of the two parts of
+    ``gate`` along ``dim`` (halves, or even/odd positions when interleaved)."""
     if up is None:
-        gate, up = gate.chunk(2, dim=dim)
-    return GLU_ACTIVATIONS[name](gate, *params) * up
+        gate, up = split_packed(gate, dim, interleaved)
+    return GLU_FORMULAS[name](gate, up, *params)

@@ -131,13 +131,16 @@ def _swish_beta_case(s: Setup) -> Optional[str]:
                          sum_error(torch.float32, 16, terms.abs().sum(0)) + arg_err))
 
 
-def _glu_case(name: str, params: tuple) -> Case:
+def _glu_case(name: str, params: tuple, interleaved: bool = False) -> Case:
+    kwargs = dict(zip(GLUS[name], params), **({"interleaved": True} if interleaved else {}))
+    label = f"{name}{list(params)}{' interleaved' if interleaved else ''}"
+
     def case(s: Setup) -> Optional[str]:
         x = s.randn(64, 2 * 48)
-        ours = _grads(lambda t: getattr(F, name)(t, None, -1, *params), x)
-        theirs = _grads(lambda t: R.gated(name, t, None, -1, *params), x)
-        ref = _grads(lambda t: R.gated(name, t, None, -1, *params), x.double())
-        return _first(*(_rule(f"{name}{list(params)} {what}", a, b, r)
+        ours = _grads(lambda t: getattr(F, name)(t, None, -1, **kwargs), x)
+        theirs = _grads(lambda t: R.gated(name, t, None, -1, *params, interleaved=interleaved), x)
+        ref = _grads(lambda t: R.gated(name, t, None, -1, *params, interleaved=interleaved), x.double())
+        return _first(*(_rule(f"{label} {what}", a, b, r)
                         for what, a, b, r in zip(("forward", "backward"), ours, theirs, ref)))
     return case
 
@@ -278,6 +281,8 @@ def cases() -> Iterator[tuple[str, Case]]:
     for name in GLUS:
         for params in R.glu_params(name):
             yield f"{name}{list(params) if params else ''}", _glu_case(name, params)
+    for params in R.glu_params("clamped_swiglu"):  # the one whose API takes interleaved=True
+        yield f"clamped_swiglu{list(params)} interleaved", _glu_case("clamped_swiglu", params, True)
     yield "glu", _glu_case_torch
     yield "dropout family", _dropout_case
     yield "losses", _losses_case

@@ -13,6 +13,8 @@
 // hardtanh at its bounds, shrink at +-lambd, softplus past threshold) is
 // torch's choice.
 #include <c10/util/Exception.h>
+
+#include <cmath>
 #include <c10/util/string_view.h>
 
 #include "fastact/macros.h"
@@ -130,6 +132,39 @@ struct Swish {
 };
 struct Silu : Swish { Silu() : Swish(1.0) {} };
 struct QuickGelu : Swish { QuickGelu() : Swish(1.702) {} };
+
+// gpt-oss's gated unit, a gated functor (kGated, elementwise.h: it defines
+// the whole unit rather than an activation of the gate): g = min(gate, limit),
+// u = clamp(up, -limit, limit), out = g sigmoid(alpha g) (u + 1). The clamps
+// keep a NaN (their comparisons are false for it), as torch's clamp does. The
+// gradient is torch's for the composite, whose clamp passes it only strictly
+// inside the bounds: not at gate == limit or up == +-limit (torch 2.14's
+// clamp/clamp_max backward, `x < max`; ties are common in bfloat16), and not
+// at a NaN.
+struct ClampedSwiglu {
+  static constexpr bool kGated = true;
+  double alpha, limit;
+  ClampedSwiglu(double alpha_, double limit_) : alpha(alpha_), limit(limit_) {
+    TORCH_CHECK_VALUE(std::isfinite(alpha_), "fastact.clamped_swiglu: alpha must be finite, got ", alpha_);
+    // limit = inf clamps nothing; 0 would drop `up` altogether (a misconfiguration)
+    TORCH_CHECK_VALUE(limit_ > 0, "fastact.clamped_swiglu: limit must be positive, got ", limit_);
+  }
+  template <class T> FA_HD T clamp_gate(T gate) const { return gate > T(limit) ? T(limit) : gate; }
+  template <class T> FA_HD T clamp_up(T up) const {
+    return up < -T(limit) ? -T(limit) : (up > T(limit) ? T(limit) : up);
+  }
+  template <class T> FA_HD T fwd(T gate, T up) const {
+    return Swish::fwd_with(clamp_gate(gate), T(alpha)) * (clamp_up(up) + T(1));
+  }
+  template <class T> FA_HD void bwd(T gate, T up, T dy, T& d_gate, T& d_up) const {
+    const T g = clamp_gate(gate);
+    const T s = T(1) / (T(1) + m::exp(-T(alpha) * g));
+    const T d_g = dy * (clamp_up(up) + T(1)) * s * (T(1) + T(alpha) * g * (T(1) - s));
+    const T d_u = dy * g * s;
+    d_gate = gate < T(limit) ? d_g : T(0);
+    d_up = (up > -T(limit) && up < T(limit)) ? d_u : T(0);
+  }
+};
 
 struct Mish {
   template <class T> FA_HD T fwd(T x) const { return x * m::tanh(m::log1p(m::exp(x))); }

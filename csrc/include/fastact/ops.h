@@ -46,9 +46,13 @@
 // `name_backward(grad_output, gate, up, ...) -> (grad_gate, grad_up)` and as
 // `name_packed(input, dim, ...)` (gate and up are the two halves of `input`
 // along `dim`) with `name_packed_backward(grad_output, input, dim, ...)`, which
-// writes one packed gradient. torch's glu is the packed form with the halves
-// swapped (first half times sigmoid of the second).
-#define FASTACT_GLUS(X)                                           \
-  X(swiglu, Silu, (), "")                                         \
-  X(geglu, Gelu, (c10::string_view), "str approximate='none'")    \
-  X(reglu, Relu, (), "")
+// writes one packed gradient; the packed forms take a last argument
+// `interleaved` (gate and up at the even and odd positions of `dim` instead
+// of its two halves). torch's glu is the packed form with the halves swapped
+// (first half times sigmoid of the second). A functor that declares kGated
+// defines the whole unit, fwd(gate, up), instead of an activation times up.
+#define FASTACT_GLUS(X)                                                                    \
+  X(swiglu, Silu, (), "")                                                                  \
+  X(geglu, Gelu, (c10::string_view), "str approximate='none'")                             \
+  X(reglu, Relu, (), "")                                                                   \
+  X(clamped_swiglu, ClampedSwiglu, (double, double), "float alpha=1.702, float limit=7.0")
