@@ -54,6 +54,7 @@ from .activations import patch_activations
 from .causal_lm import LossPlan, causal_lm_loss, find_head, fused_lm_class, is_fused_lm, logit_transform, prove
 from .mlp import find_glu, gated_op, patch_mlp
 from .moe import patch_experts
+from .twin import is_twin
 
 __all__ = ["apply", "causal_lm_loss", "versions", "find_glu", "gated_op"]
 
@@ -139,7 +140,7 @@ def apply(model: nn.Module, *, glu: bool = True, loss: bool = True, dropout: boo
         changed["loss"], reason = _patch_loss(model, options)
         if reason is not None:
             changed["skipped"]["loss"] = reason
-    already = any(_fnn_fused(m) for m in model.modules())
+    already = any(is_twin(m) for m in model.modules())
     if not already and not any(changed[k] for k in ("glu", "experts", "loss", "dropout", "activations")):
         raise FastactTypeError(
             f"fastact.transformers.apply: nothing to patch in {type(model).__name__} "
@@ -148,7 +149,3 @@ def apply(model: nn.Module, *, glu: bool = True, loss: bool = True, dropout: boo
     previous = getattr(model, "fastact_patched", {})
     model.fastact_patched = {**previous, **{k: v for k, v in changed.items() if v}}
     return changed
-
-
-def _fnn_fused(module) -> bool:
-    return getattr(type(module), "fastact_base_class", None) is not None

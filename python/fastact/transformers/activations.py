@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import functional as F
 from ..accuracy import mismatch
+from .twin import twin_class
 
 __all__ = ["ACTIVATIONS", "activation_op", "patch_activations"]
 
@@ -72,15 +73,8 @@ def _forward(self, input):
     return fn(input, **kwargs)
 
 
-_FUSED: dict = {}
-
-
 def _fused_class(cls):
-    if cls not in _FUSED:
-        _FUSED[cls] = type(cls.__name__, (cls,), {
-            "forward": _forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "fastact_base_class": cls, "__doc__": f"{cls.__name__} on fastact's kernel."})
-    return _FUSED[cls]
+    return twin_class(cls, {"forward": _forward}, f"{cls.__name__} on fastact's kernel.")
 
 
 def patch_activations(model: nn.Module) -> tuple:

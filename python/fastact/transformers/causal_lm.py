@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from .. import functional as F
 from .._dtensor import is_dtensor
 from ..accuracy import TERM_EPS, cross_entropy_error, eps, sum_error
+from .twin import twin_class
 
 __all__ = ["causal_lm_loss", "fused_lm_class", "is_fused_lm", "find_head", "logit_transform", "prove",
            "LossPlan"]
@@ -283,18 +284,16 @@ def _fused_forward(base):
     return forward
 
 
-_FUSED: dict = {}
+_FORWARDS: dict = {}  # class -> its fused forward (made once: the twin is cached by it)
 
 
 def fused_lm_class(cls):
     """A subclass of the causal-LM class ``cls``, same name, fused loss forward."""
-    if cls not in _FUSED:
-        _FUSED[cls] = type(cls.__name__, (cls,), {
-            "forward": _fused_forward(cls), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "fastact_base_class": cls,
-            "__doc__": f"{cls.__name__} whose training loss runs fastact's linear_cross_entropy "
-                       f"(logits=None when labels are given in training mode)."})
-    return _FUSED[cls]
+    if cls not in _FORWARDS:
+        _FORWARDS[cls] = _fused_forward(cls)
+    return twin_class(cls, {"forward": _FORWARDS[cls]},
+                      f"{cls.__name__} whose training loss runs fastact's linear_cross_entropy "
+                      f"(logits=None when labels are given in training mode).")
 
 
 def is_fused_lm(model) -> bool:

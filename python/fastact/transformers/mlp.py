@@ -23,6 +23,7 @@ from typing import Optional
 from torch import nn
 
 from .. import functional as F
+from .twin import twin_class
 
 __all__ = ["gated_op", "find_glu", "patch_mlp", "fused_class", "is_fused"]
 
@@ -216,18 +217,10 @@ def _packed_forward(self, x):
     return getattr(self, down)(getattr(F, op)(getattr(self, gate_up)(x), **kwargs))
 
 
-_FUSED: dict = {}  # original class -> fused subclass
-
-
 def fused_class(cls, kind: str):
-    """A subclass of ``cls`` with the same name (repr, save_pretrained and
-    architectures strings are unchanged) whose forward runs the fused GLU."""
-    if cls not in _FUSED:
-        forward = _separate_forward if kind == "separate" else _packed_forward
-        _FUSED[cls] = type(cls.__name__, (cls,), {
-            "forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "fastact_base_class": cls, "__doc__": f"{cls.__name__} with act(gate) * up on fastact's fused GLU kernel."})
-    return _FUSED[cls]
+    """A subclass of ``cls`` with the same name whose forward runs the fused GLU."""
+    forward = _separate_forward if kind == "separate" else _packed_forward
+    return twin_class(cls, {"forward": forward}, f"{cls.__name__} with act(gate) * up on fastact's fused GLU kernel.")
 
 
 def patch_mlp(model: nn.Module) -> dict:

@@ -27,6 +27,7 @@ from torch import nn
 from .. import functional as F
 from ..accuracy import mismatch
 from .mlp import gated_op
+from .twin import twin_class
 
 __all__ = ["experts_gate", "patch_experts"]
 
@@ -92,16 +93,9 @@ def _fused_gate(self, gate_up):
     return getattr(F, op)(gate_up, **kwargs)
 
 
-_FUSED: dict = {}
-
-
 def _fused_class(cls):
-    if cls not in _FUSED:
-        _FUSED[cls] = type(cls.__name__, (cls,), {
-            "_apply_gate": _fused_gate, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "fastact_base_class": cls,
-            "__doc__": f"{cls.__name__} whose expert gate runs on fastact's packed GLU kernel."})
-    return _FUSED[cls]
+    return twin_class(cls, {"_apply_gate": _fused_gate},
+                      f"{cls.__name__} whose expert gate runs on fastact's packed GLU kernel.")
 
 
 def patch_experts(model: nn.Module) -> tuple:
