@@ -1,7 +1,8 @@
 #pragma once
 // Activations whose parameter varies with the element: prelu (one slope per
 // channel, dim 1), swish with a tensor beta (one per last-dim feature, or one
-// for all) and rrelu in training (a random slope per element from Philox).
+// for all) and rrelu in training (a random slope per element from Philox,
+// from the [seed, offset] stream of the input's device, as dropout).
 // They use the same launcher and functors as the other activations; the op
 // adapter computes the parameter from the element's index, so the input is
 // made contiguous (row-major) first.
@@ -70,25 +71,38 @@ struct SwishBetaBwd {
   }
 };
 
+// rrelu's slope of the element with Philox draw u: lower + (upper - lower) * u.
+// The product of two floats is exact in double and the sum rounds once, so
+// contracting it into an FMA (which the CUDA and CPU compilers may or may
+// not do) changes nothing: the slopes are bitwise the same on CPU and CUDA
+// for the same stream, like dropout's masks.
 struct RandomSlope {
-  uint64_t seed, offset;
-  float lower, upper;
-  FA_HD float at(int64_t i) const {
-    return lower + (upper - lower) * philox_uniform(seed, offset, static_cast<uint64_t>(i));
+  const int64_t* rng;  // [seed, offset], host or device memory like the data
+  float lower, span;   // span = upper - lower, rounded to float once on the host
+  FA_HD uint64_t rng_seed() const { return static_cast<uint64_t>(rng[0]); }
+  FA_HD uint64_t rng_offset() const { return static_cast<uint64_t>(rng[1]); }
+  FA_HD float slope(float u) const {
+    return static_cast<float>(static_cast<double>(lower) + static_cast<double>(span) * static_cast<double>(u));
   }
 };
-struct RReluFwd {
+// rrelu draws (kRandom) one uniform per element, as dropout does: the
+// launchers make one Philox call per four elements.
+struct RandomSlopeOp {
+  static constexpr bool kRandom = true;
+  RandomSlope r;
+  FA_HD uint64_t rng_seed() const { return r.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return r.rng_offset(); }
+};
+struct RReluFwd : RandomSlopeOp {
   static constexpr int kIn = 1, kOut = 1;
-  RandomSlope r;
-  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
-    out[0] = LeakyRelu::fwd_with(in[0], U(r.at(i)));
+  template <class U> FA_HD void operator()(int64_t, float u, const U* in, U* out) const {
+    out[0] = LeakyRelu::fwd_with(in[0], U(r.slope(u)));
   }
 };
-struct RReluBwd {
+struct RReluBwd : RandomSlopeOp {
   static constexpr int kIn = 2, kOut = 1;
-  RandomSlope r;
-  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
-    out[0] = LeakyRelu::bwd_with(in[1], in[0], U(r.at(i)));
+  template <class U> FA_HD void operator()(int64_t, float u, const U* in, U* out) const {
+    out[0] = LeakyRelu::bwd_with(in[1], in[0], U(r.slope(u)));
   }
 };
 
@@ -131,15 +145,13 @@ inline at::Tensor swish_beta_values(const at::Tensor& input, const at::Tensor& b
   return beta.to(input.device(), opmath).contiguous().view({-1});
 }
 
-inline RandomSlope rrelu_slope(double lower, double upper, const at::Tensor& seed) {
+inline RandomSlope rrelu_slope(const at::Tensor& input, double lower, double upper,
+                               const at::Tensor& seed) {
   constexpr const char* op = "fastact.rrelu";
   TORCH_CHECK_VALUE(lower <= upper, op, ": lower bound (", lower,
                     ") must not exceed upper bound (", upper, ")");
-  TORCH_CHECK(seed.device().is_cpu() && seed.scalar_type() == at::kLong && seed.numel() == 2,
-              op, ": seed must be a CPU int64 tensor [seed, offset]");
-  const int64_t* s = seed.const_data_ptr<int64_t>();
-  return RandomSlope{static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1]),
-                     static_cast<float>(lower), static_cast<float>(upper)};
+  const float lo = static_cast<float>(lower), hi = static_cast<float>(upper);
+  return RandomSlope{philox_seed_ptr(input, seed, op), lo, hi - lo};
 }
 
 template <class L>
@@ -231,12 +243,12 @@ struct IndexedOps {
   static at::Tensor rrelu_train(const at::Tensor& self, double lower, double upper,
                                 const at::Tensor& seed) {
     check_float(self, "fastact.rrelu");
-    RandomSlope r = rrelu_slope(lower, upper, seed);
+    const RandomSlope r = rrelu_slope(self, lower, upper, seed);
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
     at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
-      L::run(RReluFwd{r}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+      L::run(RReluFwd{{r}}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
   }
@@ -245,13 +257,13 @@ struct IndexedOps {
                                          double lower, double upper, const at::Tensor& seed) {
     check_float(self, "fastact.rrelu", "self");
     check_like(grad_output, self, "fastact.rrelu", "grad_output", "self");
-    RandomSlope r = rrelu_slope(lower, upper, seed);
+    const RandomSlope r = rrelu_slope(self, lower, upper, seed);
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
     at::Tensor dy = same_layout(grad_output, x);
     at::Tensor dx = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
-      L::run(RReluBwd{r}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
+      L::run(RReluBwd{{r}}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
     });
     return dx;
   }
