@@ -59,9 +59,10 @@ __global__ void __launch_bounds__(256)
         // elements starts on an even index, so it spans whole groups or lies
         // inside one).
         const int64_t i = e + j;
+        // (the lane by selects, not draws.v[i & 3]: see philox_lane)
         if (j == 0 || (i & 3) == 0)
           draws = philox4x32_10(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(i) >> 2);
-        op(i, uint_to_uniform(draws.v[i & 3]), x, y);
+        op(i, uint_to_uniform(philox_lane(draws, static_cast<uint32_t>(i & 3))), x, y);
       } else {
         op(e + j, x, y);
       }
