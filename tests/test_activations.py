@@ -287,6 +287,21 @@ def test_prelu(dtype, shape, channels, device):
     assert_matches(dw, dwr, refs[2])
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 1000), (2, 257, 33), (1, 3, 65537), (5, 131, 3, 5), (9, 2)])
+def test_prelu_and_swish_channel_of_every_element(shape, device):
+    # the channel (prelu, dim 1) and the feature (swish, last dim) of each
+    # element come from multiply-shift dividers: every element checked exactly
+    # (float64: x * w rounds as torch's), odd and large divisors included
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    w = torch.rand(shape[1], dtype=torch.float64, device=device) + 0.5
+    assert torch.equal(F.prelu(x, w), torch.nn.functional.prelu(x, w))
+    beta = torch.rand(shape[-1], dtype=torch.float64, device=device) + 0.5
+    (dbeta,) = torch.autograd.grad(F.swish(x, beta.requires_grad_(True)).sum(), beta)
+    b = beta.detach()
+    want = (x * x * torch.sigmoid(b * x) * (1 - torch.sigmoid(b * x))).reshape(-1, shape[-1]).sum(0)
+    torch.testing.assert_close(dbeta, want)
+
+
 def test_prelu_gradcheck_and_opcheck(device):
     x = away_from_kinks("prelu", ()).reshape(2, 3, 4).to(device).requires_grad_(True)
     w = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, device=device, requires_grad=True)

@@ -11,6 +11,7 @@
 #include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "fastact/alloc.h"
@@ -18,6 +19,7 @@
 #include "fastact/activations.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
+#include "fastact/divider.h"
 #include "fastact/elementwise.h"
 #include "fastact/philox.h"
 
@@ -25,12 +27,36 @@ namespace fastact {
 
 // The value of a small parameter tensor that applies to element i: one value
 // for all (count == 1) or one per `count` consecutive groups of `inner`.
+// The channel (i / inner) % count takes two divisions per element; below
+// 2^31 elements (every realistic layer) they are multiply-shift dividers
+// (divider.h), past it 64-bit divisions.
 template <class T>
 struct ParamOf {
   const T* values;
   int64_t count, inner;
-  FA_HD T at(int64_t i) const { return count == 1 ? values[0] : values[(i / inner) % count]; }
+  bool narrow;  // every index and size below 2^31
+  Divider32 by_inner, by_count;
+  FA_HD T at(int64_t i) const {
+    if (count == 1) return values[0];
+    if (narrow) {
+      const uint32_t group = by_inner.div(static_cast<uint32_t>(i));
+      return values[by_count.mod(group)];
+    }
+    return values[(i / inner) % count];
+  }
 };
+
+// The parameter `values` (count of them) over the `numel` elements of the operand.
+template <class T>
+ParamOf<T> param_of(const at::Tensor& values, int64_t inner, int64_t numel) {
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  const int64_t count = values.numel();
+  const bool narrow = numel < kLimit && inner < kLimit && count < kLimit;
+  // (an empty operand may have inner or count 0: no element is ever looked up)
+  return ParamOf<T>{values.const_data_ptr<T>(), count, inner, narrow,
+                    narrow ? Divider32(static_cast<uint32_t>(std::max<int64_t>(inner, 1))) : Divider32(),
+                    narrow ? Divider32(static_cast<uint32_t>(std::max<int64_t>(count, 1))) : Divider32()};
+}
 
 template <class T>
 struct PReluFwd {
@@ -164,7 +190,7 @@ struct IndexedOps {
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.prelu", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor w = prelu_weight(x, weight, c10::CppTypeToScalarType<T>::value);
-      ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
+      const ParamOf<T> p = param_of<T>(w, prelu_inner(x, w.numel()), x.numel());
       L::run(PReluFwd<T>{p}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
@@ -184,7 +210,7 @@ struct IndexedOps {
       using T = at::opmath_type<scalar_t>;
       const auto opmath = c10::CppTypeToScalarType<T>::value;
       at::Tensor w = prelu_weight(x, weight, opmath);
-      ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
+      const ParamOf<T> p = param_of<T>(w, prelu_inner(x, w.numel()), x.numel());
       at::Tensor share = new_like(x);
       L::run(PReluBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
       // The weight's gradient sums the shares over all but the channel dim.
@@ -208,7 +234,7 @@ struct IndexedOps {
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
-      ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
+      const ParamOf<T> p = param_of<T>(b, 1, x.numel());
       L::run(SwishBetaFwd<T>{p}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
@@ -227,7 +253,7 @@ struct IndexedOps {
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
-      ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
+      const ParamOf<T> p = param_of<T>(b, 1, x.numel());
       // The per-element share of d(beta) is kept in scalar_t; the sum runs in opmath.
       at::Tensor share = new_like(x);
       L::run(SwishBetaBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
