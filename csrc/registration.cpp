@@ -75,7 +75,8 @@ TORCH_LIBRARY(fastact, m) {
   m.def("prelu_backward(Tensor grad_output, Tensor self, Tensor weight) -> (Tensor, Tensor)");
   m.def("swish_beta(Tensor self, Tensor beta) -> Tensor");
   m.def("swish_beta_backward(Tensor grad_output, Tensor self, Tensor beta) -> (Tensor, Tensor)");
-  // seed: CPU int64 [seed, offset] of the Philox stream that draws the slopes.
+  // seed: the [seed, offset] int64 tensor of the Philox stream that draws the
+  // slopes, on the input's device (_philox_seed, as for dropout).
   m.def("rrelu_train(Tensor self, float lower, float upper, Tensor seed) -> Tensor");
   m.def("rrelu_train_backward(Tensor grad_output, Tensor self, float lower, float upper, "
         "Tensor seed) -> Tensor");

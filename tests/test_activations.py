@@ -287,6 +287,21 @@ def test_prelu(dtype, shape, channels, device):
     assert_matches(dw, dwr, refs[2])
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 1000), (2, 257, 33), (1, 3, 65537), (5, 131, 3, 5), (9, 2)])
+def test_prelu_and_swish_channel_of_every_element(shape, device):
+    # the channel (prelu, dim 1) and the feature (swish, last dim) of each
+    # element come from multiply-shift dividers: every element checked exactly
+    # (float64: x * w rounds as torch's), odd and large divisors included
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    w = torch.rand(shape[1], dtype=torch.float64, device=device) + 0.5
+    assert torch.equal(F.prelu(x, w), torch.nn.functional.prelu(x, w))
+    beta = torch.rand(shape[-1], dtype=torch.float64, device=device) + 0.5
+    (dbeta,) = torch.autograd.grad(F.swish(x, beta.requires_grad_(True)).sum(), beta)
+    b = beta.detach()
+    want = (x * x * torch.sigmoid(b * x) * (1 - torch.sigmoid(b * x))).reshape(-1, shape[-1]).sum(0)
+    torch.testing.assert_close(dbeta, want)
+
+
 def test_prelu_gradcheck_and_opcheck(device):
     x = away_from_kinks("prelu", ()).reshape(2, 3, 4).to(device).requires_grad_(True)
     w = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, device=device, requires_grad=True)
@@ -387,7 +402,7 @@ def test_rrelu_training(dtype, device):
 
 
 def test_rrelu_opcheck_and_bounds(device):
-    seed = torch.tensor([123, 4], dtype=torch.int64)
+    seed = torch.tensor([123, 4], dtype=torch.int64, device=device)
     x = torch.randn(4, 5, device=device)
     torch.library.opcheck(torch.ops.fastact.rrelu_train.default,
                           (x.clone().requires_grad_(True), 0.1, 0.3, seed))
@@ -415,22 +430,77 @@ def test_cuda_device_mismatch_raises():
         F.prelu(x, torch.ones(1))
 
 
+def _rrelu_reference_slopes(n, lower, upper, seed, offset):
+    """rrelu's slopes of stream (seed, offset) in plain Python: Philox draw u
+    of each element (tests/test_dropout.py), then lower + (upper - lower) * u
+    with float32 bounds, summed in float64 and rounded once to float32."""
+    from test_dropout import _philox4x32_10
+
+    lo, hi = torch.tensor([lower, upper], dtype=torch.float32).tolist()
+    span = torch.tensor(hi, dtype=torch.float32) - torch.tensor(lo, dtype=torch.float32)
+    u = torch.tensor([(_philox4x32_10(seed, offset, i >> 2)[i & 3] >> 8) / 16777216.0 for i in range(n)],
+                     dtype=torch.float64)
+    return (lo + span.double() * u).float()
+
+
+def test_rrelu_slopes_match_philox_reference():
+    # CPU here; in the emulation lane the same calls run the CUDA kernels, so
+    # the CPU and CUDA slopes equal one reference bit for bit, and so each
+    # other (dropout's masks are checked the same way)
+    n, lower, upper = 1003, 0.1, 0.3
+    for seed, offset in ((0, 0), (123456789, 4), (-5, 1 << 40)):
+        want = _rrelu_reference_slopes(n, lower, upper, seed, offset)
+        rng = torch.tensor([seed, offset], dtype=torch.int64)
+        x = -torch.ones(n)
+        assert torch.equal(-torch.ops.fastact.rrelu_train(x, lower, upper, rng), want)
+        assert torch.equal(torch.ops.fastact.rrelu_train_backward(torch.ones(n), x, lower, upper, rng), want)
+        # a misaligned input takes the kernels' scalar path: the same draws
+        misaligned = torch.full((n + 1,), -1.0)[1:]
+        assert torch.equal(-torch.ops.fastact.rrelu_train(misaligned, lower, upper, rng), want)
+
+
+def test_rrelu_reproducible_and_on_the_input_device_stream(device):
+    # the stream is the input device's generator's (torch.manual_seed seeds
+    # every device), drawn into a tensor on that device, as dropout's
+    x = -torch.ones(4099, device=device)
+    torch.manual_seed(11)
+    a = F.rrelu(x, 0.1, 0.3, training=True)
+    b = F.rrelu(x, 0.1, 0.3, training=True)
+    torch.manual_seed(11)
+    assert torch.equal(F.rrelu(x, 0.1, 0.3, training=True), a)
+    assert not torch.equal(a, b)
+    seed = torch.ops.fastact._philox_seed(x)
+    assert seed.device == x.device and seed.dtype == torch.int64 and seed.shape == (2,)
+    with pytest.raises(RuntimeError, match="fastact.rrelu: seed"):
+        torch.ops.fastact.rrelu_train(x, 0.1, 0.3, torch.zeros(2, dtype=torch.int32, device=device))
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_rrelu_cpu_and_cuda_slopes_identical(dtype):
     # the slopes are a function of (seed, offset, index): a GPU run's are
-    # reproduced on the CPU, forward and backward
+    # reproduced on the CPU bit for bit, forward and backward
     x = (torch.randn(3, 4099, dtype=torch.float64) * 3).to(dtype)
-    seed = torch.tensor([123456789, 1 << 40], dtype=torch.int64)
     outs = []
     for device in ("cpu", "cuda"):
         xd = x.to(device)
+        seed = torch.tensor([123456789, 1 << 40], dtype=torch.int64, device=device)
         outs.append((torch.ops.fastact.rrelu_train(xd, 0.1, 0.3, seed).cpu(),
                      torch.ops.fastact.rrelu_train_backward(torch.ones_like(xd), xd, 0.1, 0.3, seed).cpu()))
-    # (the same draws; the slope's float32 arithmetic may contract to an FMA
-    # on the GPU: within the dtype's rounding, where other streams differ by 100 %)
     for a, b in zip(*outs):
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_rrelu_cuda_generator():
+    # torch.cuda.manual_seed and the CUDA generator's state decide the slopes
+    x = -torch.ones(4099, device="cuda")
+    torch.cuda.manual_seed(5)
+    a = F.rrelu(x, training=True)
+    torch.cuda.manual_seed(5)
+    assert torch.equal(F.rrelu(x, training=True), a)
+    torch.cuda.manual_seed(6)
+    assert not torch.equal(F.rrelu(x, training=True), a)
 
 
 @requires_cuda

@@ -413,6 +413,28 @@ def test_no_counted_token(reduction, tokens):
     assert not gx.any() and not gw.any()
 
 
+def test_cuda_default_chunk_is_gemm_friendly():
+    # CUDA: 4 % of the logits (at least 32 MB) in multiples of the GEMM's
+    # 128-row tile, and at least 256 rows while those take at most 256 MB
+    from fastact.linear_ce import GPU_MIN_ROWS, GPU_MIN_ROWS_BYTES, GPU_ROW_TILE, chunk_rows
+
+    assert (GPU_ROW_TILE, GPU_MIN_ROWS, GPU_MIN_ROWS_BYTES) == (128, 256, 256 << 20)
+    assert chunk_rows(8192, 128256, 4096, 2, None, "cuda") == 256  # 84 MB budget: 327 rows
+    assert chunk_rows(65536, 128256, 4096, 2, None, "cuda") == 2560  # 2621 rows
+    assert chunk_rows(2048, 32000, 512, 4, None, "cuda") == 256  # 32 MB: 262 rows
+    assert chunk_rows(1000, 262144, 512, 4, None, "cuda") == 256  # 40 MB: 40 rows; 256 take 256 MB
+    assert chunk_rows(1000, 1 << 20, 512, 4, None, "cuda") == 40  # 160 MB; 256 rows would take 1 GB
+    assert chunk_rows(4096, 1 << 20, 512, 4, None, "cuda") == 128  # 163 rows
+    assert chunk_rows(100, 32000, 512, 4, None, "cuda") == 100  # one chunk
+    assert chunk_rows(2048, 32000, 512, 4, 7, "cuda") == 7
+    for n in (1, 300, 1000, 5000, 70000):
+        for v, size in ((1000, 4), (32000, 2), (128256, 2), (151936, 4), (500000, 2)):
+            rows = chunk_rows(n, v, 1024, size, None, "cuda")
+            assert 1 <= rows <= n
+            assert rows == n or rows % GPU_ROW_TILE == 0 or rows < GPU_ROW_TILE
+            assert rows == n or rows >= GPU_MIN_ROWS or GPU_MIN_ROWS * v * size > GPU_MIN_ROWS_BYTES
+
+
 def test_cpu_default_chunk_follows_torch_rule():
     # the CPU chunk buffer is torch's "aspect_ratio" size (the peak-memory
     # contract with torch's chunked path), 4x for bf16/fp16 run in float32,

@@ -37,6 +37,13 @@ __global__ void __launch_bounds__(256)
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool small = n <= static_cast<int64_t>(UINT32_MAX);
+  // A random op's stream (seed, offset), read from global memory once per
+  // thread; the grid-stride loop keeps them in registers.
+  uint64_t rng_seed = 0, rng_offset = 0;
+  if constexpr (IsRandomOp<Op>::value) {
+    rng_seed = op.rng_seed();
+    rng_offset = op.rng_offset();
+  }
   for (int64_t v = tid; v < nvec; v += step) {
     const int64_t e = v * VEC;
     int64_t row = 0, col = e;
@@ -64,9 +71,10 @@ __global__ void __launch_bounds__(256)
         // elements starts on an even index, so it spans whole groups or lies
         // inside one).
         const int64_t i = e + j;
+        // (the lane by selects, not draws.v[i & 3]: see philox_lane)
         if (j == 0 || (i & 3) == 0)
-          draws = philox4x32_10(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(i) >> 2);
-        op(i, uint_to_uniform(draws.v[i & 3]), x, y);
+          draws = philox4x32_10(rng_seed, rng_offset, static_cast<uint64_t>(i) >> 2);
+        op(i, uint_to_uniform(philox_lane(draws, static_cast<uint32_t>(i & 3))), x, y);
       } else {
         op(e + j, x, y);
       }
@@ -90,7 +98,7 @@ __global__ void __launch_bounds__(256)
       for (int k = 0; k < NIN; ++k)
         x[k] = static_cast<T>(gload(a.in[k] + row * a.in_stride[k] + col * Args::in_step(k)));
       if constexpr (IsRandomOp<Op>::value) {
-        op(e, philox_uniform(op.rng_seed(), op.rng_offset(), static_cast<uint64_t>(e)), x, y);
+        op(e, philox_uniform(rng_seed, rng_offset, static_cast<uint64_t>(e)), x, y);
       } else {
         op(e, x, y);
       }

@@ -52,19 +52,16 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
 
 
 def _rrelu_seed(input: Tensor) -> Tensor:
-    # (seed, offset) of the Philox stream of the slopes, drawn from the CPU
-    # default generator, so torch.manual_seed makes rrelu reproducible.
-    seed = torch.randint(-(2**62), 2**62, (2,), dtype=torch.int64, device="cpu")
+    # [seed, offset] of the Philox stream of the slopes, drawn as dropout's
+    # from the default generator of the input's device into a tensor on that
+    # device (torch.manual_seed / torch.cuda.manual_seed make rrelu
+    # reproducible; a captured CUDA graph draws fresh slopes on each replay);
+    # on a DTensor one stream per shard (fastact.distributed.dtensor_seed).
     if is_dtensor(input):
-        # one stream per shard, as dropout (fastact.distributed.dtensor_seed)
-        from torch.distributed.tensor import DTensor, Replicate
+        from .distributed import dtensor_seed
 
-        from .distributed import DROPOUT_KEY_STEP, shard_linear_index
-
-        step = (shard_linear_index(input) * DROPOUT_KEY_STEP) % (1 << 64)
-        seed[0] ^= step - (1 << 64) if step >= (1 << 63) else step
-        seed = DTensor.from_local(seed, input.device_mesh, [Replicate()] * input.device_mesh.ndim, run_check=False)
-    return seed
+        return dtensor_seed(input)
+    return _ops._philox_seed(input)
 
 
 def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,

@@ -18,6 +18,11 @@ __all__ = ["linear_cross_entropy", "vocab_parallel_cross_entropy"]
 
 # The fewest tokens per chunk on the CPU (see chunk_rows).
 CPU_MIN_ROWS = 128
+# CUDA chunks (see chunk_rows): a multiple of the GEMM's row tile, at least
+# GPU_MIN_ROWS where that buffer stays within GPU_MIN_ROWS_BYTES.
+GPU_ROW_TILE = 128
+GPU_MIN_ROWS = 256
+GPU_MIN_ROWS_BYTES = 256 << 20
 
 
 def chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int], device_type: str,
@@ -44,7 +49,13 @@ def chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int],
     H=256, V=128256: 128 rows 13.4 s / 340 MB, torch 52 s / 601 MB).
 
     CUDA: 4 % of the full logits, at least 32 MB, so that the matmuls get
-    enough rows to fill the GPU (84 MB, 327 rows at N=8192, V=128256 bf16)."""
+    enough rows to fill the GPU, rounded down to a multiple of 128 rows and
+    raised to at least 256 rows while those take at most 256 MB. The
+    cuBLAS/CUTLASS kernels of the chunk's two matmuls tile the rows by 128
+    (or 256): 327 rows would run three tiles of 128 and a fourth of which 71
+    rows are work, and each chunk's matmul against the whole (V x H) weight
+    has to give every SM tiles, which 256 rows of a large vocabulary do
+    (84 MB budget, 327 -> 256 rows at N=8192, V=128256 bf16: 64 MB)."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"{op}: chunk_size must be positive, got {chunk_size}")
@@ -56,7 +67,12 @@ def chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int],
         return max(1, min(n, max(rows, CPU_MIN_ROWS)))
     row_bytes = max(1, v * itemsize)
     budget = max(32 << 20, (n * row_bytes) // 25)
-    return max(1, min(n, budget // row_bytes))
+    rows = budget // row_bytes
+    if rows >= GPU_ROW_TILE:
+        rows -= rows % GPU_ROW_TILE
+    if GPU_MIN_ROWS * row_bytes <= GPU_MIN_ROWS_BYTES:
+        rows = max(rows, GPU_MIN_ROWS)
+    return max(1, min(n, rows))
 
 
 def cpu_float32(hidden, weight, bias):
@@ -250,7 +266,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     :func:`fastact.functional.cross_entropy`); ``chunk_size`` (tokens per
     chunk; default: on the CPU torch's own rule, a chunk buffer about the
     size of the input, but at least 128 tokens; on CUDA a buffer of 4 % of
-    the full logits, at least 32 MB);
+    the full logits, at least 32 MB, in multiples of 128 rows, at least 256);
     ``accum_dtype``, the dtype grad of the linear weight accumulates in over
     the chunks: None (default) accumulates in the weight's own dtype (no
     extra memory; for bf16/fp16 weights one rounding per chunk, as

@@ -45,4 +45,16 @@ inline at::Tensor same_layout(const at::Tensor& t, const at::Tensor& like) {
              : new_like(like).copy_(t);
 }
 
+// The [seed, offset] int64 pair of a Philox stream (drawn by _philox_seed) on
+// the input's device: the kernels read it there through this pointer, so the
+// host never reads it (no sync) and each replay of a captured CUDA graph
+// reads the pair that replay's _philox_seed wrote.
+inline const int64_t* philox_seed_ptr(const at::Tensor& input, const at::Tensor& seed, const char* op) {
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 2 && seed.is_contiguous(), op,
+              ": seed must be a contiguous int64 tensor [seed, offset]");
+  TORCH_CHECK(seed.device() == input.device(), op, ": seed is on ", seed.device(),
+              " but input is on ", input.device());
+  return seed.const_data_ptr<int64_t>();
+}
+
 }  // namespace fastact

@@ -88,11 +88,7 @@ struct BiasActDropoutBwd : RandomOp {
 inline KeepMask keep_mask(const at::Tensor& input, double p, const at::Tensor& seed,
                           const char* op) {
   TORCH_CHECK_VALUE(p >= 0 && p <= 1, op, ": dropout probability has to be between 0 and 1, but got ", p);
-  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 2 && seed.is_contiguous(), op,
-              ": seed must be a contiguous int64 tensor [seed, offset]");
-  TORCH_CHECK(seed.device() == input.device(), op, ": seed is on ", seed.device(),
-              " but input is on ", input.device());
-  return KeepMask{seed.const_data_ptr<int64_t>(), static_cast<float>(p),
+  return KeepMask{philox_seed_ptr(input, seed, op), static_cast<float>(p),
                   p < 1 ? 1.0 / (1.0 - p) : 0.0};
 }
 

@@ -1,7 +1,8 @@
 #pragma once
 // Activations whose parameter varies with the element: prelu (one slope per
 // channel, dim 1), swish with a tensor beta (one per last-dim feature, or one
-// for all) and rrelu in training (a random slope per element from Philox).
+// for all) and rrelu in training (a random slope per element from Philox,
+// from the [seed, offset] stream of the input's device, as dropout).
 // They use the same launcher and functors as the other activations; the op
 // adapter computes the parameter from the element's index, so the input is
 // made contiguous (row-major) first.
@@ -10,6 +11,7 @@
 #include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "fastact/alloc.h"
@@ -17,6 +19,7 @@
 #include "fastact/activations.h"
 #include "fastact/checks.h"
 #include "fastact/dispatch.h"
+#include "fastact/divider.h"
 #include "fastact/elementwise.h"
 #include "fastact/philox.h"
 
@@ -24,12 +27,36 @@ namespace fastact {
 
 // The value of a small parameter tensor that applies to element i: one value
 // for all (count == 1) or one per `count` consecutive groups of `inner`.
+// The channel (i / inner) % count takes two divisions per element; below
+// 2^31 elements (every realistic layer) they are multiply-shift dividers
+// (divider.h), past it 64-bit divisions.
 template <class T>
 struct ParamOf {
   const T* values;
   int64_t count, inner;
-  FA_HD T at(int64_t i) const { return count == 1 ? values[0] : values[(i / inner) % count]; }
+  bool narrow;  // every index and size below 2^31
+  Divider32 by_inner, by_count;
+  FA_HD T at(int64_t i) const {
+    if (count == 1) return values[0];
+    if (narrow) {
+      const uint32_t group = by_inner.div(static_cast<uint32_t>(i));
+      return values[by_count.mod(group)];
+    }
+    return values[(i / inner) % count];
+  }
 };
+
+// The parameter `values` (count of them) over the `numel` elements of the operand.
+template <class T>
+ParamOf<T> param_of(const at::Tensor& values, int64_t inner, int64_t numel) {
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  const int64_t count = values.numel();
+  const bool narrow = numel < kLimit && inner < kLimit && count < kLimit;
+  // (an empty operand may have inner or count 0: no element is ever looked up)
+  return ParamOf<T>{values.const_data_ptr<T>(), count, inner, narrow,
+                    narrow ? Divider32(static_cast<uint32_t>(std::max<int64_t>(inner, 1))) : Divider32(),
+                    narrow ? Divider32(static_cast<uint32_t>(std::max<int64_t>(count, 1))) : Divider32()};
+}
 
 template <class T>
 struct PReluFwd {
@@ -70,25 +97,38 @@ struct SwishBetaBwd {
   }
 };
 
+// rrelu's slope of the element with Philox draw u: lower + (upper - lower) * u.
+// The product of two floats is exact in double and the sum rounds once, so
+// contracting it into an FMA (which the CUDA and CPU compilers may or may
+// not do) changes nothing: the slopes are bitwise the same on CPU and CUDA
+// for the same stream, like dropout's masks.
 struct RandomSlope {
-  uint64_t seed, offset;
-  float lower, upper;
-  FA_HD float at(int64_t i) const {
-    return lower + (upper - lower) * philox_uniform(seed, offset, static_cast<uint64_t>(i));
+  const int64_t* rng;  // [seed, offset], host or device memory like the data
+  float lower, span;   // span = upper - lower, rounded to float once on the host
+  FA_HD uint64_t rng_seed() const { return static_cast<uint64_t>(rng[0]); }
+  FA_HD uint64_t rng_offset() const { return static_cast<uint64_t>(rng[1]); }
+  FA_HD float slope(float u) const {
+    return static_cast<float>(static_cast<double>(lower) + static_cast<double>(span) * static_cast<double>(u));
   }
 };
-struct RReluFwd {
+// rrelu draws (kRandom) one uniform per element, as dropout does: the
+// launchers make one Philox call per four elements.
+struct RandomSlopeOp {
+  static constexpr bool kRandom = true;
+  RandomSlope r;
+  FA_HD uint64_t rng_seed() const { return r.rng_seed(); }
+  FA_HD uint64_t rng_offset() const { return r.rng_offset(); }
+};
+struct RReluFwd : RandomSlopeOp {
   static constexpr int kIn = 1, kOut = 1;
-  RandomSlope r;
-  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
-    out[0] = LeakyRelu::fwd_with(in[0], U(r.at(i)));
+  template <class U> FA_HD void operator()(int64_t, float u, const U* in, U* out) const {
+    out[0] = LeakyRelu::fwd_with(in[0], U(r.slope(u)));
   }
 };
-struct RReluBwd {
+struct RReluBwd : RandomSlopeOp {
   static constexpr int kIn = 2, kOut = 1;
-  RandomSlope r;
-  template <class U> FA_HD void operator()(int64_t i, const U* in, U* out) const {
-    out[0] = LeakyRelu::bwd_with(in[1], in[0], U(r.at(i)));
+  template <class U> FA_HD void operator()(int64_t, float u, const U* in, U* out) const {
+    out[0] = LeakyRelu::bwd_with(in[1], in[0], U(r.slope(u)));
   }
 };
 
@@ -131,15 +171,13 @@ inline at::Tensor swish_beta_values(const at::Tensor& input, const at::Tensor& b
   return beta.to(input.device(), opmath).contiguous().view({-1});
 }
 
-inline RandomSlope rrelu_slope(double lower, double upper, const at::Tensor& seed) {
+inline RandomSlope rrelu_slope(const at::Tensor& input, double lower, double upper,
+                               const at::Tensor& seed) {
   constexpr const char* op = "fastact.rrelu";
   TORCH_CHECK_VALUE(lower <= upper, op, ": lower bound (", lower,
                     ") must not exceed upper bound (", upper, ")");
-  TORCH_CHECK(seed.device().is_cpu() && seed.scalar_type() == at::kLong && seed.numel() == 2,
-              op, ": seed must be a CPU int64 tensor [seed, offset]");
-  const int64_t* s = seed.const_data_ptr<int64_t>();
-  return RandomSlope{static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1]),
-                     static_cast<float>(lower), static_cast<float>(upper)};
+  const float lo = static_cast<float>(lower), hi = static_cast<float>(upper);
+  return RandomSlope{philox_seed_ptr(input, seed, op), lo, hi - lo};
 }
 
 template <class L>
@@ -152,7 +190,7 @@ struct IndexedOps {
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.prelu", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor w = prelu_weight(x, weight, c10::CppTypeToScalarType<T>::value);
-      ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
+      const ParamOf<T> p = param_of<T>(w, prelu_inner(x, w.numel()), x.numel());
       L::run(PReluFwd<T>{p}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
@@ -172,7 +210,7 @@ struct IndexedOps {
       using T = at::opmath_type<scalar_t>;
       const auto opmath = c10::CppTypeToScalarType<T>::value;
       at::Tensor w = prelu_weight(x, weight, opmath);
-      ParamOf<T> p{w.const_data_ptr<T>(), w.numel(), prelu_inner(x, w.numel())};
+      const ParamOf<T> p = param_of<T>(w, prelu_inner(x, w.numel()), x.numel());
       at::Tensor share = new_like(x);
       L::run(PReluBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
       // The weight's gradient sums the shares over all but the channel dim.
@@ -196,7 +234,7 @@ struct IndexedOps {
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
-      ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
+      const ParamOf<T> p = param_of<T>(b, 1, x.numel());
       L::run(SwishBetaFwd<T>{p}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
@@ -215,7 +253,7 @@ struct IndexedOps {
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.swish", [&] {
       using T = at::opmath_type<scalar_t>;
       at::Tensor b = swish_beta_values(x, beta, c10::CppTypeToScalarType<T>::value);
-      ParamOf<T> p{b.const_data_ptr<T>(), b.numel(), 1};
+      const ParamOf<T> p = param_of<T>(b, 1, x.numel());
       // The per-element share of d(beta) is kept in scalar_t; the sum runs in opmath.
       at::Tensor share = new_like(x);
       L::run(SwishBetaBwd<T>{p}, flat_args<scalar_t, 2, 2>({&dy, &x}, {&dx, &share}));
@@ -231,12 +269,12 @@ struct IndexedOps {
   static at::Tensor rrelu_train(const at::Tensor& self, double lower, double upper,
                                 const at::Tensor& seed) {
     check_float(self, "fastact.rrelu");
-    RandomSlope r = rrelu_slope(lower, upper, seed);
+    const RandomSlope r = rrelu_slope(self, lower, upper, seed);
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
     at::Tensor out = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
-      L::run(RReluFwd{r}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
+      L::run(RReluFwd{{r}}, flat_args<scalar_t, 1, 1>({&x}, {&out}));
     });
     return out;
   }
@@ -245,13 +283,13 @@ struct IndexedOps {
                                          double lower, double upper, const at::Tensor& seed) {
     check_float(self, "fastact.rrelu", "self");
     check_like(grad_output, self, "fastact.rrelu", "grad_output", "self");
-    RandomSlope r = rrelu_slope(lower, upper, seed);
+    const RandomSlope r = rrelu_slope(self, lower, upper, seed);
     const c10::OptionalDeviceGuard guard(self.device());
     at::Tensor x = dense(self);
     at::Tensor dy = same_layout(grad_output, x);
     at::Tensor dx = new_like(x);
     FA_DISPATCH_FLOATING(x.scalar_type(), "fastact.rrelu", [&] {
-      L::run(RReluBwd{r}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
+      L::run(RReluBwd{{r}}, flat_args<scalar_t, 2, 1>({&dy, &x}, {&dx}));
     });
     return dx;
   }

@@ -51,12 +51,18 @@ FA_HD Philox4x32 philox4x32_10(uint64_t seed, uint64_t offset, uint64_t group) {
   return Philox4x32{{c0, c1, c2, c3}};
 }
 
+// Output `lane` (0..3) of r, by selects: an array indexed at run time would
+// be put in local memory on the GPU (a stack frame per thread).
+FA_HD uint32_t philox_lane(const Philox4x32& r, uint32_t lane) {
+  return lane < 2 ? (lane == 0 ? r.v[0] : r.v[1]) : (lane == 2 ? r.v[2] : r.v[3]);
+}
+
 // A uniform float in [0, 1) with 24 random bits.
 FA_HD float uint_to_uniform(uint32_t r) { return static_cast<float>(r >> 8) * (1.0f / 16777216.0f); }
 
 // Uniform draw number `i` of stream (seed, offset).
 FA_HD float philox_uniform(uint64_t seed, uint64_t offset, uint64_t i) {
-  return uint_to_uniform(philox4x32_10(seed, offset, i >> 2).v[i & 3]);
+  return uint_to_uniform(philox_lane(philox4x32_10(seed, offset, i >> 2), static_cast<uint32_t>(i & 3)));
 }
 
 }  // namespace fastact
