@@ -5,9 +5,13 @@
 #   tools/test_wheel.sh [WHEEL]     (default: the newest dist/fastact-*.whl)
 #
 # 1. a fresh venv (from the base interpreter of $PYTHON, the build venv's
-#    python, default .venv/bin/python) gets the wheel with pip, which brings
-#    the torch release the wheel pins (the build venv's; pip's cache or
-#    index), and pytest;
+#    python, default .venv/bin/python) gets torch, then the wheel and pytest
+#    with pip (the wheel pins torch to its release). torch comes from
+#    TORCH_INSTALL: `link` (default) links the build venv's torch and its
+#    dependencies into the venv's site-packages (symlinks, seconds; pip sees
+#    them installed); `pip` installs torch==<the build venv's release> with
+#    pip (about 5 GB with its CUDA libraries: 9 min on the 2-core
+#    development machine, from pip's local index);
 # 2. from a temporary folder, with CUDA_HOME, CUDA_PATH, PYTHONPATH and
 #    LD_LIBRARY_PATH's CUDA folders unset, no CUDA folder on PATH and an
 #    `nvcc` first on PATH that fails the test if anything calls it:
@@ -46,7 +50,7 @@ PY
 # nothing of the build environment: no CUDA toolkit, no source tree
 unset CUDA_HOME CUDA_PATH CUDACXX PYTHONPATH TORCH_CUDA_ARCH_LIST FASTACT_CUDA_EMULATION \
   FASTACT_SKIP_TORCH_CHECK LD_PRELOAD VIRTUAL_ENV
-strip_cuda() { printf '%s' "$1" | tr ':' '\n' | grep -v -i cuda | paste -sd: -; }
+strip_cuda() { printf '%s' "$1" | tr ':' '\n' | { grep -v -i cuda || true; } | paste -sd: -; }
 PATH="$(strip_cuda "$PATH")"
 LD_LIBRARY_PATH="$(strip_cuda "${LD_LIBRARY_PATH:-}")"
 mkdir -p "$TMP/nonvcc" "$TMP/run/tests"
@@ -58,10 +62,58 @@ EOF
 chmod +x "$TMP/nonvcc/nvcc"
 export PATH="$TMP/nonvcc:$PATH" LD_LIBRARY_PATH
 
-step "fresh venv ($BASE_PYTHON), pip install the wheel (torch==$TORCH_RELEASE) and pytest"
+step "fresh venv ($BASE_PYTHON), torch ${TORCH_INSTALL:-link}"
 "$BASE_PYTHON" -m venv "$TMP/venv"
 PY="$TMP/venv/bin/python"
-"$PY" -m pip install -q "$WHEEL" "torch==$TORCH_RELEASE" pytest
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+case "${TORCH_INSTALL:-link}" in
+  link)
+    # torch and the distributions it requires (recursively, extras left
+    # out), as the build venv has them: each one's top-level files and its
+    # .dist-info, symlinked
+    "$PYTHON" - "$SITE" <<'PY'
+import os, re, sys
+from importlib import metadata
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+
+site, todo, seen = sys.argv[1], [("torch", set())], set()
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+have = {norm(d.metadata["Name"]) for d in metadata.distributions(path=[site])}  # pip, setuptools
+while todo:
+    name, extras = todo.pop()
+    name = norm(name)
+    key = (name, tuple(sorted(extras)))
+    if key in seen or name in have:
+        continue  # pip install below brings what the venv's own copy lacks
+    seen.add(key)
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        continue  # a requirement of another platform or Python
+    for r in dist.requires or []:
+        req = Requirement(r)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in {""} | extras):
+            todo.append((req.name, set(req.extras)))
+    root = str(dist.locate_file(""))
+    tops = {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] != ".."}
+    for top in tops:
+        src, dst = os.path.join(root, top), os.path.join(site, top)
+        if os.path.exists(src) and not os.path.lexists(dst) and top != "__pycache__":
+            os.symlink(src, dst)
+names = sorted({n for n, _ in seen})
+print(f"   linked {len(names)} distributions: {', '.join(names)}")
+PY
+    ;;
+  pip) "$PY" -m pip install -q "torch==$TORCH_RELEASE" ;;
+  *) echo "TORCH_INSTALL is link or pip" >&2; exit 1 ;;
+esac
+step "pip install the wheel, pytest and numpy"
+"$PY" -m pip install -q "$WHEEL" pytest numpy
+"$PY" -m pip check
 
 cd "$TMP/run"
 step "import fastact from $PWD"
