@@ -131,4 +131,4 @@ cpp-test: $(VENV)/.deps
 	cd cmake-build && ctest --output-on-failure
 
 clean:
-	rm -rf build cmake-build python/fastact/*.so
+	rm -rf build cmake-build python/fastact/*.so python/fastact/*.build.json

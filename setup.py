@@ -211,6 +211,8 @@ class BuildExt(BuildExtension):
 
     def run(self):
         super().run()
+        if self.dry_run:
+            return
         for ext in self.extensions:
             record = getattr(ext, "fastact_record", None)
             if record is None:
