@@ -2,6 +2,10 @@
 # make test      build and run the test suite
 # make test-emu  the CUDA emulation lane: the CUDA kernels on a SIMT emulator
 #                (CPU, AddressSanitizer), the whole suite against them
+# make wheel     a binary wheel in dist/ (CUDA kernels for WHEEL_ARCHS)
+# make test-wheel install that wheel in a fresh venv, without nvcc or the
+#                source tree, and run the self-check and the smoke tests
+# make sdist     the source distribution in dist/
 # Both bootstrap .venv on a fresh machine (torch $(TORCH_SPEC) from PyPI).
 
 PYTHON ?= python3
@@ -12,7 +16,8 @@ export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 FULL ?= 0
 
-.PHONY: all bench test build selfcheck cpp-test build-emu test-emu kernels clean test-transformers-old
+.PHONY: all bench test build selfcheck cpp-test build-emu test-emu kernels clean test-transformers-old \
+	wheel test-wheel sdist
 
 all: test
 
@@ -65,6 +70,30 @@ test: build
 bench: selfcheck
 	$(BIN)/python benchmarks/run.py $(if $(filter 1,$(FULL)),--full,)
 
+# A wheel of the CPU kernels and the CUDA kernels for WHEEL_ARCHS (A100,
+# H100/H200, B200, RTX 50xx, and PTX for later GPUs), in dist/, its version
+# labeled with the torch and CUDA it was built for (0.1.0+torch2.14.1.cu130);
+# build parallelism: MAX_JOBS. With WHEEL_ARCHS equal to the development
+# build's archs (8.0;9.0+PTX, CI's) it reuses that build's objects (build/);
+# other archs compile in their own folder. build/lib.* is emptied first so
+# that nothing stale from an earlier build is packed.
+WHEEL_ARCHS ?= 8.0;9.0;10.0;12.0+PTX
+wheel: | $(VENV)/.deps
+	rm -rf build/lib.*
+	FASTACT_LOCAL_VERSION=1 TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" \
+	  $(BIN)/python -m pip wheel --no-build-isolation --no-deps -w dist .
+	@ls -l dist/*.whl
+
+# The newest wheel of dist/ installed in a fresh venv (torch of .venv's
+# release), from a temporary folder, without nvcc, CUDA_HOME or the source
+# tree: python -m fastact, then tests/smoke (tools/test_wheel.sh).
+test-wheel:
+	PYTHON=$(BIN)/python tools/test_wheel.sh $(WHEEL)
+
+sdist: | $(VENV)/.deps
+	$(BIN)/python setup.py -q sdist -d dist
+	@ls -l dist/*.tar.gz
+
 # The emulation lane (csrc/emu/simt.h): fastact._C_emu holds the CUDA sources
 # compiled by the host compiler, registered for CPU tensors; with
 # FASTACT_CUDA_EMULATION=1 `import fastact` loads it instead of _C.
@@ -102,4 +131,4 @@ cpp-test: $(VENV)/.deps
 	cd cmake-build && ctest --output-on-failure
 
 clean:
-	rm -rf build cmake-build python/fastact/*.so
+	rm -rf build cmake-build python/fastact/*.so python/fastact/*.build.json

@@ -5,6 +5,19 @@ a CppExtension otherwise; FASTACT_CPU_ONLY=1 forces the CPU-only build.
 With no TORCH_CUDA_ARCH_LIST set and no GPU visible, kernels are built for
 sm_80 and sm_90 plus PTX (runs on Ampere, Hopper and later through the JIT).
 
+Every build writes beside the extension module a record of the torch it was
+built against (fastact/_C.build.json, or _C_emu.build.json): `import fastact`
+reads it before loading the extension and refuses, with a clear message, to
+load it under another torch release (python/fastact/_torch_check.py).
+
+FASTACT_LOCAL_VERSION=1 (`make wheel`) labels the version with that torch
+and CUDA (PEP 440 local label, e.g. 0.1.0+torch2.14.1.cu130) and pins the
+wheel's torch requirement to that release.
+
+Object files go to setuptools' build/temp.* for the default CUDA archs (the
+development and CI build) and to build/temp.*-<archs> (or -cpu) for any
+other, so a wheel for other archs does not recompile the development build.
+
 FASTACT_CUDA_EMULATION=1 builds the emulation lane instead (test
 infrastructure, `make test-emu`): the module fastact._C_emu, in which the
 CUDA sources of csrc/cuda/ (kernels and host code) are compiled by the host
@@ -12,7 +25,9 @@ compiler against the SIMT emulator of csrc/emu/ and registered for CPU
 tensors; FASTACT_EMU_ASAN=1 adds AddressSanitizer.
 """
 import glob
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +39,30 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
 DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def torch_release() -> str:
+    """torch's version without its local label: 2.14.1 of 2.14.1+cu130."""
+    return torch.__version__.split("+")[0]
+
+
+def local_label(with_cuda: bool) -> str:
+    """The wheel's PEP 440 local version label: torch2.14.1.cu130, torch2.14.1.cpu."""
+    cuda = f"cu{torch.version.cuda.replace('.', '')}" if with_cuda else "cpu"
+    return re.sub(r"[^A-Za-z0-9.]", ".", f"torch{torch_release()}.{cuda}")
+
+
+def build_record(module: str, with_cuda: bool) -> dict:
+    """What fastact/_torch_check.py compares with the torch it runs under."""
+    return {
+        "module": module,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_compiled": with_cuda,
+        "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else "",
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "fastact_version": VERSION,
+    }
 
 
 def build_cuda() -> bool:
@@ -105,13 +144,15 @@ def emulation_extension():
     if os.environ.get("FASTACT_EMU_ASAN", "0") not in ("", "0"):
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address"]
-    return CppExtension(
+    ext = CppExtension(
         name="fastact._C_emu",
         sources=["csrc/registration.cpp", "csrc/emu/simt.cpp"] + emulation_sources(),
         include_dirs=[os.path.join(ROOT, "csrc/include"), os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": flags},
         extra_link_args=link,
     )
+    ext.fastact_record = build_record("_C_emu", False)
+    return ext
 
 
 def extension():
@@ -137,7 +178,10 @@ def extension():
         extra_link_args=link,
     )
     if not with_cuda:
-        return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
+        ext = CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
+        ext.fastact_record = build_record("_C", False)
+        ext.fastact_temp_suffix = "cpu"
+        return ext
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
     # every nvcc compile also writes ptxas's resource report (registers,
@@ -148,14 +192,50 @@ def extension():
     defines.append(f'-DFASTACT_CUDA_ARCHS="{archs}"')
     cxx.append(f'-DFASTACT_CUDA_ARCHS="{archs}"')
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fno-math-errno,-fno-trapping-math"] + defines
-    return CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    ext = CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    ext.fastact_record = build_record("_C", True)
+    if archs != DEFAULT_ARCHS:
+        ext.fastact_temp_suffix = re.sub(r"[^A-Za-z0-9]+", "_", archs.replace("+PTX", "ptx")).strip("_")
+    return ext
 
+
+class BuildExt(BuildExtension):
+    """torch's BuildExtension (ninja), plus: objects of a non-default build
+    in their own folder, and the torch record beside each built module."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        suffix = {getattr(e, "fastact_temp_suffix", "") for e in self.extensions} - {""}
+        if suffix:
+            self.build_temp = f"{self.build_temp}-{'-'.join(sorted(suffix))}"
+
+    def run(self):
+        super().run()
+        if self.dry_run:
+            return
+        for ext in self.extensions:
+            record = getattr(ext, "fastact_record", None)
+            if record is None:
+                continue
+            leaf = ext.name.rsplit(".", 1)[-1]
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), f"{leaf}.build.json")
+            with open(path, "w") as f:
+                json.dump(record, f, indent=1)
+                f.write("\n")
+
+
+EXT = extension()
+WITH_CUDA = EXT.fastact_record["cuda_compiled"]
+LABELED = os.environ.get("FASTACT_LOCAL_VERSION", "0") not in ("", "0")
 
 setup(
     name="fastact",
-    version=VERSION,
+    # a labeled wheel runs only under the torch release it was built for:
+    # pip then installs (or keeps) exactly that torch
+    version=f"{VERSION}+{local_label(WITH_CUDA)}" if LABELED else VERSION,
+    install_requires=[f"torch=={torch_release()}"] if LABELED else ["torch>=2.11"],
     package_dir={"": "python"},
     packages=["fastact", "fastact.transformers"],
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=[EXT],
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

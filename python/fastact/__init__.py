@@ -3,13 +3,25 @@ import os
 
 import torch
 
-if os.environ.get("FASTACT_CUDA_EMULATION", "0") not in ("", "0"):
-    # The emulation lane (test infrastructure, `make test-emu`): the CUDA
-    # kernels of csrc/cuda/ compiled for the CPU against a SIMT emulator and
-    # registered for CPU tensors, in place of the CPU kernels.
-    from . import _C_emu as _C  # noqa: F401
-else:
-    from . import _C  # noqa: F401  (loads the library; its initializers register the ops)
+from . import _torch_check
+
+# The emulation lane (test infrastructure, `make test-emu`): the CUDA kernels
+# of csrc/cuda/ compiled for the CPU against a SIMT emulator and registered
+# for CPU tensors, in place of the CPU kernels.
+_EXTENSION = "_C_emu" if os.environ.get("FASTACT_CUDA_EMULATION", "0") not in ("", "0") else "_C"
+# Before loading it: was the extension built for this torch? (a clear
+# ImportError naming both versions and the fix, never an undefined symbol)
+_torch_check.check(_EXTENSION)
+try:
+    if _EXTENSION == "_C_emu":
+        from . import _C_emu as _C  # noqa: F401
+    else:
+        from . import _C  # noqa: F401  (loads the library; its initializers register the ops)
+except ImportError as _err:
+    _plain = _torch_check.load_error(_EXTENSION, _err)
+    if _plain is _err:
+        raise
+    raise _plain from None
 from . import ops as _ops  # noqa: F401  (fake kernels and autograd)
 from . import functional, nn  # noqa: F401
 
@@ -49,6 +61,11 @@ def build_info() -> dict:
     info["openmp"] = info.get("openmp") == "1"
     info["cuda_emulation"] = info.get("cuda_emulation") == "1"
     info["cuda_archs"] = [a for a in info.get("cuda_archs", "").replace(" ", ";").split(";") if a]
+    # the torch of the build, as setup.py recorded it (with its local label,
+    # e.g. 2.14.1+cu130; torch_compiled_with is the release from its headers)
+    record = _torch_check.record(_EXTENSION) or {}
+    info["torch_built_with"] = record.get("torch_version")
+    info["torch_built_with_cuda"] = record.get("torch_cuda")
     info["torch_version"] = torch.__version__
     info["torch_cuda_version"] = torch.version.cuda
     info["cuda_available"] = torch.cuda.is_available()
