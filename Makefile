@@ -6,18 +6,34 @@
 # make test-wheel install that wheel in a fresh venv, without nvcc or the
 #                source tree, and run the self-check and the smoke tests
 # make sdist     the source distribution in dist/
-# Both bootstrap .venv on a fresh machine (torch $(TORCH_SPEC) from PyPI).
+# make test-torch-matrix  the suite's quick part (CPU-only build) on each
+#                release of TORCH_MATRIX, each in its own .venv-torch-<v>
+# Both bootstrap .venv on a fresh machine (torch $(TORCH_SPEC) from PyPI;
+# e.g. make test TORCH_SPEC=torch==2.15.0 VENV=.venv-2.15 for another release).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1
+# The torch releases the extension is built and tested with (README, build_info's
+# tested_torch): the oldest supported, the pinned one, the newest.
+TORCH_MATRIX ?= 2.11.0 2.15.0
+# Where pip gets torch (empty: PyPI). CI can save the CUDA wheels' download
+# for the CPU-only matrix: TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PIP_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+# This Makefile pins torch itself (TORCH_SPEC, TORCH_MATRIX), so a machine-wide
+# pip constraints file (pip config `constraint`; some machines cap torch below
+# the release asked for) is lifted for its pip installs: an empty one. Set
+# PIP_CONSTRAINT (environment or command line) to use a file of your own.
+PIP_CONSTRAINT ?= /dev/null
+export PIP_CONSTRAINT
 export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 FULL ?= 0
 
 .PHONY: all bench test build selfcheck cpp-test build-emu test-emu kernels clean test-transformers-old \
-	wheel test-wheel sdist
+	wheel test-wheel sdist test-torch-matrix
 
 all: test
 
@@ -26,7 +42,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel ninja
 
 $(VENV)/.deps: $(BIN)/python
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" numpy pytest expecttest matplotlib tqdm
+	$(BIN)/python -m pip install -q $(TORCH_PIP_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q numpy pytest expecttest matplotlib tqdm
 	touch $@
 
 # fastact.transformers' tests: the `transformers` extra of pyproject.toml at
@@ -49,6 +66,37 @@ test-transformers-old: build
 	    && touch $$dir/.done; } || exit 1; \
 	  echo "== transformers $$v"; \
 	  PYTHONPATH=$(CURDIR)/$$dir $(BIN)/python -m pytest tests/test_transformers.py -q -p no:cacheprovider || exit 1; \
+	done
+
+# The torch matrix (CI): for each release of TORCH_MATRIX, a venv of its own
+# (.venv-torch-<v>, reused), a CPU-only build of its own (build/torch-<v>: the
+# objects in tmp/, the package with its _C in lib/, which the tests import;
+# python/fastact's in-place build is left alone) and the quick part of the
+# suite: MATRIX_TESTS (but the distributed vocab-parallel cases), the CPU
+# float32 cases of the activations, the CPU cases of cross-entropy and
+# dropout; no distributed, transformers, emulation or seed sweeps.
+# MATRIX_CXXFLAGS=-g0: no debug info, a quarter less compile time, same code.
+MATRIX_TESTS ?= tests/test_api.py tests/test_opinfo.py tests/test_nn.py tests/test_glu.py \
+	tests/test_linear_ce.py tests/test_softmax.py
+MATRIX_CXXFLAGS ?= -g0
+matrix_pytest = PYTHONPATH=$(CURDIR)/$$out/lib $$venv/bin/python -m pytest -q -p no:cacheprovider $(1) -k "$(2)" \
+	|| exit 1;
+test-torch-matrix:
+	@for v in $(TORCH_MATRIX); do \
+	  venv=.venv-torch-$$v; out=build/torch-$$v; \
+	  echo "== torch $$v: $$venv"; \
+	  [ -x $$venv/bin/python ] || $(PYTHON) -m venv $$venv || exit 1; \
+	  [ -f $$venv/.deps ] || { $$venv/bin/python -m pip install -q --upgrade pip setuptools wheel ninja \
+	    && $$venv/bin/python -m pip install -q $(TORCH_PIP_INDEX) "torch==$$v" \
+	    && $$venv/bin/python -m pip install -q numpy pytest expecttest && touch $$venv/.deps; } || exit 1; \
+	  echo "== torch $$v: CPU-only build ($$out)"; \
+	  rm -rf $$out/lib; \
+	  FASTACT_CPU_ONLY=1 FASTACT_CXXFLAGS="$(MATRIX_CXXFLAGS)" $$venv/bin/python setup.py -q \
+	    build_py -d $$out/lib build_ext -b $$out/lib -t $$out/tmp || exit 1; \
+	  echo "== torch $$v: tests"; \
+	  $(call matrix_pytest,$(MATRIX_TESTS),not vocab_parallel) \
+	  $(call matrix_pytest,tests/test_activations.py,cpu and float32) \
+	  $(call matrix_pytest,tests/test_cross_entropy.py tests/test_dropout.py,cpu) \
 	done
 
 # A development install: the venv imports python/fastact in place (a .pth

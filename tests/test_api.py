@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
+import re
 import subprocess
 import sys
 
@@ -93,9 +95,26 @@ def test_package_surface():
     assert isinstance(fastact.__version__, str)
     assert isinstance(fastact.cuda_compiled(), bool)
     info = fastact.build_info()
-    for key in ("torch_version", "cuda_version", "cuda_archs", "compiler", "cuda_compiled"):
+    for key in ("torch_version", "cuda_version", "cuda_archs", "compiler", "cuda_compiled", "tested_torch"):
         assert key in info
     assert callable(fnn.patch)
+
+
+def test_tested_torch_releases_agree():
+    """build_info()'s tested_torch is the Makefile's pin and matrix, and the
+    README's "Tested torch releases" line (checked where the repository is)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+    if not os.path.exists(os.path.join(root, "Makefile")):
+        pytest.skip("not in the source tree")
+    make = open(os.path.join(root, "Makefile")).read()
+    pin = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", make, re.M).group(1)
+    matrix = re.search(r"^TORCH_MATRIX \?= (.+)$", make, re.M).group(1).split()
+    tested = fastact.build_info()["tested_torch"]
+    assert sorted(tested, key=lambda v: tuple(map(int, v.split(".")))) == tested
+    assert set(tested) == {pin, *matrix}
+    readme = open(os.path.join(root, "README.md")).read()
+    line = re.search(r"^Tested torch releases: (.+)$", readme, re.M).group(1)
+    assert re.findall(r"\d+\.\d+\.\d+", line) == tested
 
 
 def test_every_op_is_a_torch_operator():

@@ -30,6 +30,11 @@ if torch.distributed.is_available():
 
 __version__ = "0.1.0"
 
+# The torch releases the extension is built and tested with: the oldest
+# supported (pyproject's torch>=), the Makefile's pin (TORCH_SPEC) and those of
+# its TORCH_MATRIX (make test-torch-matrix: CPU-only build, the quick tests).
+TESTED_TORCH = ("2.11.0", "2.14.1", "2.15.0")
+
 __all__ = ["functional", "nn", "cuda_compiled", "build_info", "empty_cpu_cache", "cpu_cache_stats", "__version__"]
 
 
@@ -73,4 +78,5 @@ def build_info() -> dict:
         torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
     ]
     info["fastact_version"] = __version__
+    info["tested_torch"] = list(TESTED_TORCH)
     return info
