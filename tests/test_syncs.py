@@ -38,6 +38,7 @@ import fastact.functional as F
 from conftest import requires_cuda
 from test_activations import CASES as ACTIVATION_CASES, INPLACE_CASES
 from test_glu import CASES as GLU_CASES
+from test_glu import call as glu_call
 
 aten = torch.ops.aten
 FASTACT_DIR = os.path.dirname(os.path.abspath(fastact.__file__))
@@ -162,9 +163,9 @@ def _glu(name, params, packed):
     def make(device, dtype):
         x = _x(4, 12, device=device, dtype=dtype)
         if packed:
-            return (lambda: getattr(F, name)(x, None, -1, *params)), [x]
+            return (lambda: glu_call(name, x, None, -1, params)), [x]
         up = _x(4, 12, device=device, dtype=dtype)
-        return (lambda: getattr(F, name)(x, up, -1, *params)), [x, up]
+        return (lambda: glu_call(name, x, up, -1, params)), [x, up]
     return make
 
 
