@@ -57,12 +57,14 @@ $(TF_STAMP): $(VENV)/.deps
 
 # The transformers tests against older releases (CI: the oldest supported
 # and the last 4.x), each installed into its own folder put first on
-# PYTHONPATH; the venv's torch and accelerate serve all of them.
+# PYTHONPATH; the venv's torch and accelerate serve all of them. (datasets<4
+# there too: transformers 4.x imports datasets when it finds it, and the venv's
+# datasets 5, TRL's, needs a huggingface_hub those releases do not take.)
 TRANSFORMERS_OLD ?= 4.52.4 4.57.6
 test-transformers-old: build
 	@for v in $(TRANSFORMERS_OLD); do \
 	  dir=$(VENV)/transformers-$$v; \
-	  [ -f $$dir/.done ] || { $(BIN)/python -m pip install -q --target $$dir "transformers==$$v" "huggingface_hub<1.0" \
+	  [ -f $$dir/.done ] || { $(BIN)/python -m pip install -q --target $$dir "transformers==$$v" "huggingface_hub<1.0" "datasets<4" \
 	    && touch $$dir/.done; } || exit 1; \
 	  echo "== transformers $$v"; \
 	  PYTHONPATH=$(CURDIR)/$$dir $(BIN)/python -m pytest tests/test_transformers.py -q -p no:cacheprovider || exit 1; \
