@@ -91,7 +91,9 @@ def test_report_loss_and_grads_float32(model_type):
     assert changed["family"] == model.config.model_type
     assert changed["loss"] == type(model).__name__, changed["skipped"]
     assert "loss" not in changed["skipped"]
-    assert _kernels(changed) > 0, changed
+    # (transformers 4.x's GptOssExperts computes its clamped gate inline in its
+    # forward, with no _apply_gate to fuse: there only the loss is fastact's)
+    assert _kernels(changed) > 0 or (model_type == "gpt_oss" and not TF5), changed
     if model_type in GLU_OP:
         assert changed["glu"] and all(op == GLU_OP[model_type] for _, op in changed["glu"].values()), changed
     if model_type in ACTIVATION:
