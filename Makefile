@@ -152,14 +152,19 @@ EMU_ASAN ?= 1
 # that its exception interceptors find the real ones.
 ASAN_PRELOAD := $(if $(filter 1,$(EMU_ASAN)),$(shell $(CXX) -print-file-name=libasan.so) \
 	$(shell $(CXX) -print-file-name=libstdc++.so))
+# AddressSanitizer's report goes to a file: pytest captures a test's stderr
+# and loses it when the process aborts; test-emu prints it on failure.
+EMU_ASAN_LOG := $(CURDIR)/build/emu/asan
 EMU_ENV := FASTACT_CUDA_EMULATION=1 $(if $(ASAN_PRELOAD),LD_PRELOAD="$(ASAN_PRELOAD)" \
-	ASAN_OPTIONS=detect_leaks=0:protect_shadow_gap=0:detect_odr_violation=0)
+	ASAN_OPTIONS=detect_leaks=0:protect_shadow_gap=0:detect_odr_violation=0:log_path=$(EMU_ASAN_LOG))
 
 build-emu: $(VENV)/.installed
 	FASTACT_CUDA_EMULATION=1 FASTACT_EMU_ASAN=$(EMU_ASAN) $(BIN)/python setup.py -q build_ext --inplace -t build/emu
 
 test-emu: build-emu
-	$(EMU_ENV) $(BIN)/python -m pytest tests -q -p no:cacheprovider $(EMU_PYTEST_ARGS)
+	rm -f $(EMU_ASAN_LOG).*
+	$(EMU_ENV) $(BIN)/python -m pytest tests -q -p no:cacheprovider $(EMU_PYTEST_ARGS) || \
+	  { status=$$?; cat $(EMU_ASAN_LOG).* 2>/dev/null; exit $$status; }
 
 # The CUDA kernels' registers, spills, shared memory and occupancy (from the
 # ptxas reports of the CUDA build); fails on a spill not accepted in

@@ -17,6 +17,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define FA_EMU_ASAN 1
 #else
@@ -219,6 +220,16 @@ struct Runner {
 #if FA_EMU_ASAN
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
+  // A block left unfinished (a trap, a deadlock, an error thrown by the
+  // scheduler) abandons its fibers inside their frames: AddressSanitizer's
+  // shadow of those frames (redzones, out-of-scope marks) stays poisoned and
+  // would flag the next block that runs on the same stacks.
+  bool stacks_dirty = false;
+  void unpoison_stacks() {
+    for (Fiber& f : fibers)
+      if (f.stack) ASAN_UNPOISON_MEMORY_REGION(f.stack + 4096, kStackBytes - 4096);
+    stacks_dirty = false;
+  }
 #endif
 
   ~Runner() {
@@ -409,6 +420,10 @@ void run_block(Runner& r, const LaunchConfig& cfg, int64_t launch_id) {
   ++r.generation;
   r.arena_used = 0;
   r.trapped = false;
+#if FA_EMU_ASAN
+  if (r.stacks_dirty) r.unpoison_stacks();
+  r.stacks_dirty = true;  // until the block completes
+#endif
   for (int t = 0; t < r.nthreads; ++t) {
     Fiber& f = r.fibers[t];
     char* stack = r.stack_of(t);
@@ -427,6 +442,9 @@ void run_block(Runner& r, const LaunchConfig& cfg, int64_t launch_id) {
     }
     if (!release(r, cfg)) break;
   }
+#if FA_EMU_ASAN
+  r.stacks_dirty = false;
+#endif
   r.shared_peak = std::max(r.shared_peak, r.arena_used);
 }
 
