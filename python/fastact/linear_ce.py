@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._dtensor import is_dtensor
-from .cross_entropy import prob_target_grad
+from .ops.cross_entropy import prob_target_grad
 
 _ops = torch.ops.fastact
 

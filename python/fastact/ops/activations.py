@@ -1,31 +1,26 @@
-"""Fake (meta) kernels and autograd for the fastact operators.
+"""Fake (meta) kernels and autograd of the activations.
 
 Generated from the op list: the C++ library reports its activations through
 ``torch.ops.fastact._activation_ops()``, and every one of them gets the same
-three registrations here. Backward calls registered ops, so ``opcheck`` and
-``torch.compile(fullgraph=True)`` see no Python-only code.
+three registrations here (plus double backward through its reference
+formula). The activations whose parameter is a tensor or a random stream
+(``prelu``, ``swish_beta``, ``rrelu_train``; indexed_ops.h) follow. Backward
+calls registered ops, so ``opcheck`` and ``torch.compile(fullgraph=True)``
+see no Python-only code.
 """
 from __future__ import annotations
 
 import torch
 from torch.library import register_autograd, register_fake
-from . import reference
+
+from .. import _dtensor, reference
+from .common import op_table, register_double_backward
 
 __all__ = ["ACTIVATIONS"]
 
 
-def _op_table(lines: list[str]) -> dict[str, list[str]]:
-    """name -> names of the op's scalar arguments, in schema order, from the
-    "name|schema arguments" lines the C++ op lists report."""
-    table = {}
-    for line in lines:
-        name, args = line.split("|", 1)
-        table[name] = [a.strip().split(" ")[1].split("=")[0] for a in args.split(",") if a.strip()]
-    return table
-
-
 #: Every activation of the op list: name -> its scalar argument names.
-ACTIVATIONS: dict[str, list[str]] = _op_table(torch.ops.fastact._activation_ops())
+ACTIVATIONS: dict[str, list[str]] = op_table(torch.ops.fastact._activation_ops())
 
 
 def _fake_forward(self, *args):
@@ -42,8 +37,7 @@ def _fake_backward(grad_output, self, *args):
 
 def _second_derivative_term(name, x, params, weight):
     """weight * f''(x), from the plain-torch formula (double backward only)."""
-    from .reference import ACTIVATIONS as formulas
-
+    formulas = reference.ACTIVATIONS
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
         (d1,) = torch.autograd.grad(formulas[name](xx, *params), xx, torch.ones_like(xx),
@@ -52,34 +46,6 @@ def _second_derivative_term(name, x, params, weight):
             return torch.zeros_like(x)
         (d2,) = torch.autograd.grad(d1, xx, weight, allow_unused=True)
     return torch.zeros_like(x) if d2 is None else d2
-
-
-def _register_double_backward(op: str, n_in: int, ref) -> None:
-    """Double backward of the backward op ``op(grad, *inputs, *params)``, which
-    returns the gradients of the ``n_in`` inputs: its vector-Jacobian product
-    taken through the plain-torch formula ``ref(*inputs, *params)`` (correct,
-    not fused; what gradient penalties and Hessian-vector products need)."""
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:n_in + 1])
-        ctx.params = tuple(inputs[n_in + 1:])
-
-    def backward(ctx, *ggs):
-        saved = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) for t in saved]
-            y = ref(*leaves[1:], *ctx.params)
-            firsts = torch.autograd.grad(y, leaves[1:], leaves[0], create_graph=True)
-            pairs = [(f, g) for f, g in zip(firsts, ggs) if g is not None and f.requires_grad]
-            outs = [None] * len(leaves)
-            if pairs:
-                outs = torch.autograd.grad([f for f, _ in pairs], leaves, [g for _, g in pairs],
-                                           allow_unused=True)
-        outs = [torch.zeros_like(t) if o is None else o for o, t in zip(outs, saved)]
-        outs = [o if need else None for o, need in zip(outs, ctx.needs_input_grad)]
-        return tuple(outs) + (None,) * len(ctx.params)
-
-    register_autograd(f"fastact::{op}", backward, setup_context=setup)
 
 
 # Activations whose derivative is a polynomial in the output (sigmoid: y (1 -
@@ -184,8 +150,8 @@ def _swish_beta_backward(ctx, grad):
 
 
 register_autograd("fastact::swish_beta", _swish_beta_backward, setup_context=_prelu_setup)
-_register_double_backward("prelu_backward", 2, reference.prelu)
-_register_double_backward("swish_beta_backward", 2, reference.ACTIVATIONS["swish"])
+register_double_backward("prelu_backward", 2, reference.prelu)
+register_double_backward("swish_beta_backward", 2, reference.ACTIVATIONS["swish"])
 
 
 @register_fake("fastact::rrelu_train")
@@ -202,101 +168,15 @@ def _rrelu_setup(ctx, inputs, output):
     x, lower, upper, seed = inputs
     ctx.save_for_backward(x, seed)
     ctx.bounds = (lower, upper)
-    ctx.placements = getattr(output, "placements", None)  # a DTensor's: the slopes belong to it
+    ctx.placements = _dtensor.placements(output)  # a DTensor's: the slopes belong to it
 
 
 def _rrelu_backward(ctx, grad):
     x, seed = ctx.saved_tensors
-    if ctx.placements is not None and tuple(grad.placements) != tuple(ctx.placements):
-        grad = grad.redistribute(grad.device_mesh, ctx.placements)
+    if ctx.placements is not None:
+        grad = _dtensor.align(grad, ctx.placements)
     dx = torch.ops.fastact.rrelu_train_backward(grad, x, *ctx.bounds, seed)
     return dx, None, None, None
 
 
 register_autograd("fastact::rrelu_train", _rrelu_backward, setup_context=_rrelu_setup)
-
-
-# The GLU family (glu_ops.h): two-tensor and packed forms, generated from the
-# list; the packed forms take `interleaved` after the op's own arguments.
-GLUS: dict[str, list[str]] = _op_table(torch.ops.fastact._glu_ops())
-
-
-def _packed_shape(x, dim):
-    shape = list(x.shape)
-    shape[dim] = shape[dim] // 2
-    return shape
-
-
-def _register_glu(name: str) -> None:
-    backward_op = getattr(torch.ops.fastact, name + "_backward").default
-    packed_backward_op = getattr(torch.ops.fastact, name + "_packed_backward").default
-
-    def fake(gate, up, *args):
-        return torch.empty_like(gate)
-
-    def fake_backward(grad_output, gate, up, *args):
-        return torch.empty_like(gate), torch.empty_like(gate)
-
-    def fake_packed(input, dim=-1, *args):
-        return input.new_empty(_packed_shape(input, dim))
-
-    def fake_packed_backward(grad_output, input, dim=-1, *args):
-        return torch.empty_like(input, memory_format=torch.contiguous_format)
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.params = tuple(inputs[2:])
-
-    def backward(ctx, grad):
-        gate, up = ctx.saved_tensors
-        d_gate, d_up = backward_op(grad, gate, up, *ctx.params)
-        return (d_gate, d_up) + (None,) * len(ctx.params)
-
-    def setup_packed(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.params = tuple(inputs[1:])
-
-    def backward_packed(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return (packed_backward_op(grad, x, *ctx.params),) + (None,) * len(ctx.params)
-
-    register_fake(f"fastact::{name}")(fake)
-    register_fake(f"fastact::{name}_backward")(fake_backward)
-    register_fake(f"fastact::{name}_packed")(fake_packed)
-    register_fake(f"fastact::{name}_packed_backward")(fake_packed_backward)
-    register_autograd(f"fastact::{name}", backward, setup_context=setup)
-    register_autograd(f"fastact::{name}_packed", backward_packed, setup_context=setup_packed)
-    _register_double_backward(f"{name}_backward", 2,
-                              lambda gate, up, *params: reference.gated(name, gate, up, -1, *params))
-    # (the packed ops' last argument is `interleaved`)
-    _register_double_backward(f"{name}_packed_backward", 1,
-                              lambda x, dim, *params: reference.gated(name, x, None, dim, *params[:-1],
-                                                                      interleaved=params[-1]))
-
-
-for _name in GLUS:
-    _register_glu(_name)
-
-
-@register_fake("fastact::glu")
-def _glu_fake(self, dim=-1):
-    return self.new_empty(_packed_shape(self, dim))
-
-
-@register_fake("fastact::glu_backward")
-def _glu_backward_fake(grad_output, self, dim=-1):
-    return torch.empty_like(self, memory_format=torch.contiguous_format)
-
-
-def _glu_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.dim = inputs[1]
-
-
-def _glu_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.fastact.glu_backward(grad, x, ctx.dim), None
-
-
-register_autograd("fastact::glu", _glu_backward, setup_context=_glu_setup)
-_register_double_backward("glu_backward", 1, torch.nn.functional.glu)
