@@ -241,7 +241,7 @@ setup(
     version=f"{VERSION}+{local_label(WITH_CUDA)}" if LABELED else VERSION,
     install_requires=[f"torch=={torch_release()}"] if LABELED else ["torch>=2.11"],
     package_dir={"": "python"},
-    packages=["fastact", "fastact.ops", "fastact.transformers"],
+    packages=["fastact", "fastact.ops", "fastact.losses", "fastact.transformers"],
     ext_modules=[EXT],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -416,7 +416,7 @@ def test_no_counted_token(reduction, tokens):
 def test_cuda_default_chunk_is_gemm_friendly():
     # CUDA: 4 % of the logits (at least 32 MB) in multiples of the GEMM's
     # 128-row tile, and at least 256 rows while those take at most 256 MB
-    from fastact.linear_ce import GPU_MIN_ROWS, GPU_MIN_ROWS_BYTES, GPU_ROW_TILE, chunk_rows
+    from fastact.losses.linear_ce import GPU_MIN_ROWS, GPU_MIN_ROWS_BYTES, GPU_ROW_TILE, chunk_rows
 
     assert (GPU_ROW_TILE, GPU_MIN_ROWS, GPU_MIN_ROWS_BYTES) == (128, 256, 256 << 20)
     assert chunk_rows(8192, 128256, 4096, 2, None, "cuda") == 256  # 84 MB budget: 327 rows
@@ -439,7 +439,7 @@ def test_cpu_default_chunk_follows_torch_rule():
     # the CPU chunk buffer is torch's "aspect_ratio" size (the peak-memory
     # contract with torch's chunked path), 4x for bf16/fp16 run in float32,
     # and never fewer than 128 tokens (the matmuls' speed)
-    from fastact.linear_ce import CPU_MIN_ROWS, chunk_rows
+    from fastact.losses.linear_ce import CPU_MIN_ROWS, chunk_rows
 
     assert CPU_MIN_ROWS == 128
     assert chunk_rows(2048, 32000, 512, 4, None, "cpu") == 128

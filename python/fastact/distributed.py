@@ -432,7 +432,7 @@ def cross_entropy_vocab_parallel(rows: DTensor, target, weight, prob, ignore_ind
     if weight is not None or prob:
         raise NotImplementedError(f"{op}: on logits sharded on the class dim, class weights and probability "
                                   f"targets are not supported")
-    from .linear_ce import _VocabParallelCrossEntropy
+    from .losses.linear_ce import _VocabParallelCrossEntropy
 
     mesh = rows.device_mesh
     # other mesh dims: rows Shard(0) or Replicate (a Partial input is reduced)
@@ -463,7 +463,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, group, start, v, chunk, options):
-        from .linear_ce import _vp_rows_forward
+        from .losses.linear_ce import _vp_rows_forward
 
         n = hidden.shape[0]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -481,7 +481,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         import torch.distributed as dist
-        from .linear_ce import _vp_rows_grad
+        from .losses.linear_ce import _vp_rows_grad
 
         hidden, weight, bias, target, m, log_s = ctx.saved_tensors
         group, start, v, chunk, options = ctx.args
@@ -517,7 +517,7 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
     input [N, H] is a plain tensor (replicated over that mesh dim, as after a
     row-parallel layer) or a DTensor (rows sharded or replicated); the result
     has the input's kind."""
-    from .linear_ce import chunk_rows, cpu_float32
+    from .losses.linear_ce import chunk_rows, cpu_float32
 
     op = "fastact.linear_cross_entropy"
     vdim = _vocab_mesh_dim(linear_weight.placements, 0, op)

@@ -243,18 +243,18 @@ __all__ += ["dropout", "dropout_add", "bias_dropout_add", "bias_act_dropout", "d
 
 
 # --- losses (cross_entropy.py) ------------------------------------------------------------
-from .cross_entropy import cross_entropy  # noqa: E402
-from .mse import mse_loss  # noqa: E402
-from .softmax import log_softmax, softmax  # noqa: E402
+from .losses.cross_entropy import cross_entropy  # noqa: E402
+from .losses.mse import mse_loss  # noqa: E402
+from .losses.softmax import log_softmax, softmax  # noqa: E402
 
-from .linear_ce import linear_cross_entropy, vocab_parallel_cross_entropy  # noqa: E402
+from .losses.linear_ce import linear_cross_entropy, vocab_parallel_cross_entropy  # noqa: E402
 
 __all__ += ["cross_entropy", "softmax", "log_softmax", "mse_loss", "linear_cross_entropy",
             "vocab_parallel_cross_entropy"]
 
 
 # --- post-training heads (posttrain.py) -----------------------------------------------------
-from .posttrain import linear_distill_loss, linear_logprobs  # noqa: E402
+from .losses.posttrain import linear_distill_loss, linear_logprobs  # noqa: E402
 
 __all__ += ["linear_logprobs", "linear_distill_loss"]
 

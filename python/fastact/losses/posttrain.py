@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._dtensor import is_dtensor
+from .._dtensor import is_dtensor
 from .linear_ce import ChunkGrads, chunk_rows, cpu_float32
 
 __all__ = ["linear_logprobs", "linear_distill_loss"]

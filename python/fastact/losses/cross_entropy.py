@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dtensor import is_dtensor
+from .._dtensor import is_dtensor
 
 _ops = torch.ops.fastact
 
@@ -75,7 +75,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if is_dtensor(rows):
         # logits sharded on the class dim: the vocabulary-parallel loss (the
         # role of torch's loss_parallel()), never gathering the logits
-        from .distributed import cross_entropy_vocab_parallel
+        from ..distributed import cross_entropy_vocab_parallel
 
         out = cross_entropy_vocab_parallel(rows, tgt, weight, prob, ignore_index, label_smoothing, z_loss,
                                            softcap)

@@ -8,8 +8,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._dtensor import is_dtensor
-from .ops.cross_entropy import prob_target_grad
+from .._dtensor import is_dtensor
+from ..ops.cross_entropy import prob_target_grad
 
 _ops = torch.ops.fastact
 
@@ -322,7 +322,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         if weight is not None or softcap or prob or out_features or not batched:
             raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, softcap, probability "
                                       f"targets, out_features and unbatched input are not supported")
-        from .distributed import linear_cross_entropy_vocab_parallel
+        from ..distributed import linear_cross_entropy_vocab_parallel
 
         if chunk_size is None:
             chunk_size = _options_chunk(options)
