@@ -38,7 +38,7 @@ import sys
 import tempfile
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -241,7 +241,8 @@ setup(
     version=f"{VERSION}+{local_label(WITH_CUDA)}" if LABELED else VERSION,
     install_requires=[f"torch=={torch_release()}"] if LABELED else ["torch>=2.11"],
     package_dir={"": "python"},
-    packages=["fastact", "fastact.ops", "fastact.losses", "fastact.transformers"],
+    # fastact and every subpackage of it (ops, losses, distributed, transformers, ...)
+    packages=find_packages("python", include=["fastact", "fastact.*"]),
     ext_modules=[EXT],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -13,14 +13,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._dtensor import is_dtensor
-
 _ops = torch.ops.fastact
 
-__all__ = ["cross_entropy"]
+__all__ = ["cross_entropy", "check_arguments", "as_rows", "row_losses", "reduce_rows"]
 
 
-def _as_rows(input: Tensor, target: Tensor):
+def as_rows(input: Tensor, target: Tensor):
     """(logits [rows, C], target [rows] or [rows, C], shape of the per-row loss)."""
     prob = target.is_floating_point()
     if input.dim() == 1:
@@ -33,20 +31,10 @@ def _as_rows(input: Tensor, target: Tensor):
     return rows, tgt, tuple(target.shape[:1]) + tuple(target.shape[2 if prob else 1:])
 
 
-def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                  z_loss: float = 0.0, softcap: Optional[float] = None) -> Tensor:
-    """``torch.nn.functional.cross_entropy`` (class-index or class-probability
-    targets, weight, ignore_index, label smoothing, every reduction), plus
-    ``z_loss * logsumexp(logits)**2`` per counted row (added to that row's loss,
-    not scaled by the class weight, reduced like it) and ``softcap=c``, which
-    first maps logits to ``c * tanh(logits / c)``. Loss math in float32; the
-    loss comes back in the input's dtype, as in torch.
-
-    A class-probability target that requires grad gets torch's gradient,
-    ``-g * w_c * (1 - label_smoothing) * log_softmax(z)_c`` per row (g the row's
-    upstream gradient); with ``softcap``, z are the capped logits; ``z_loss``
-    adds nothing to it (logsumexp does not depend on the target)."""
+def check_arguments(input: Tensor, target: Tensor, ignore_index: int, reduction: str, label_smoothing: float,
+                    softcap: Optional[float]) -> bool:
+    """torch's argument checks of cross_entropy (and fastact's of its extras);
+    returns whether the target holds class probabilities."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"fastact.cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
@@ -70,33 +58,46 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
         if tuple(target.shape) != tuple(expected):
             raise ValueError(f"fastact.cross_entropy: target must have shape {tuple(expected)} for input "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
-    rows, tgt, loss_shape = _as_rows(input, target)
-    loss = None
-    if is_dtensor(rows):
-        # logits sharded on the class dim: the vocabulary-parallel loss (the
-        # role of torch's loss_parallel()), never gathering the logits
-        from ..distributed import cross_entropy_vocab_parallel
+    return prob
 
-        out = cross_entropy_vocab_parallel(rows, tgt, weight, prob, ignore_index, label_smoothing, z_loss,
-                                           softcap)
-        if out is not None:
-            loss, tgt = out
-    if loss is None:
-        loss, _ = _ops.cross_entropy_rows(rows, tgt, weight, int(ignore_index), float(label_smoothing),
-                                          float(z_loss), float(softcap) if softcap is not None else 0.0)
+
+def row_losses(rows: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int, label_smoothing: float,
+               z_loss: float, softcap: Optional[float]) -> Tensor:
+    """The loss of each row of logits [rows, C] (float32; float64 for float64 logits)."""
+    loss, _ = _ops.cross_entropy_rows(rows, target, weight, int(ignore_index), float(label_smoothing),
+                                      float(z_loss), float(softcap) if softcap is not None else 0.0)
+    return loss
+
+
+def reduce_rows(loss: Tensor, rows: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int, reduction: str,
+           prob: bool, loss_shape: tuple, dtype: torch.dtype) -> Tensor:
+    """torch's reduction of the row losses ``loss`` of ``rows`` (their
+    ``target``), in ``dtype``: 'none' shaped ``loss_shape``, 'sum', or 'mean'
+    (over the counted rows, weighted by their class weight)."""
     if reduction == "none":
-        return loss.view(loss_shape).to(input.dtype)
+        return loss.view(loss_shape).to(dtype)
     if reduction == "sum":
-        return loss.sum().to(input.dtype)
+        return loss.sum().to(dtype)
     if prob:
         # torch divides by input.numel() / classes (NaN when there are no
         # classes): a Python number, so nothing is copied to the device (a
         # tensor made from it would be a blocking host-to-device copy per call
         # and break CUDA graph capture)
-        return (loss.sum() / (loss.numel() if rows.shape[1] else float("nan"))).to(input.dtype)
-    counted = tgt != ignore_index
+        return (loss.sum() / (loss.numel() if rows.shape[1] else float("nan"))).to(dtype)
+    counted = target != ignore_index
     if weight is not None:
-        count = (weight.to(loss.dtype)[tgt.clamp(0, rows.shape[1] - 1)] * counted).sum()
+        count = (weight.to(loss.dtype)[target.clamp(0, rows.shape[1] - 1)] * counted).sum()
     else:
         count = counted.sum().to(loss.dtype)
-    return (loss.sum() / count).to(input.dtype)
+    return (loss.sum() / count).to(dtype)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                  z_loss: float = 0.0, softcap: Optional[float] = None) -> Tensor:
+    """:func:`fastact.functional.cross_entropy` (the API and its
+    documentation) on plain tensors."""
+    prob = check_arguments(input, target, ignore_index, reduction, label_smoothing, softcap)
+    rows, tgt, loss_shape = as_rows(input, target)
+    loss = row_losses(rows, tgt, weight, ignore_index, label_smoothing, z_loss, softcap)
+    return reduce_rows(loss, rows, tgt, weight, ignore_index, reduction, prob, loss_shape, input.dtype)

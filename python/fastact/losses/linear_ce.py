@@ -1,5 +1,6 @@
-"""Fused linear cross-entropy (never holds the (N, V) logits) and
-vocabulary-parallel cross-entropy over torch.distributed."""
+"""Fused linear cross-entropy: never holds the (N, V) logits. Its chunking
+rule and gradient accumulator serve the post-training heads (posttrain.py)
+and the vocabulary-parallel head (vocab_parallel.py) too."""
 from __future__ import annotations
 
 import math
@@ -8,12 +9,12 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .._dtensor import is_dtensor
 from ..ops.cross_entropy import prob_target_grad
 
 _ops = torch.ops.fastact
 
-__all__ = ["linear_cross_entropy", "vocab_parallel_cross_entropy"]
+__all__ = ["linear_cross_entropy", "check_arguments", "Layout", "options_chunk", "chunk_rows", "cpu_float32",
+           "ChunkGrads"]
 
 
 # The fewest tokens per chunk on the CPU (see chunk_rows).
@@ -29,7 +30,7 @@ def chunk_rows(n: int, v: int, h: int, itemsize: int, chunk_size: Optional[int],
                widened: bool = False, op: str = "fastact.linear_cross_entropy") -> int:
     """Tokens per chunk. One (rows x V) buffer lives at a time (the chunk's
     logits, overwritten by their gradient). Shared with the post-training
-    heads (posttrain.py) and the vocabulary-parallel head (distributed.py);
+    heads (posttrain.py) and the vocabulary-parallel head (vocab_parallel.py);
     ``op`` names the caller in the error message.
 
     CPU: torch's own rule (LinearCrossEntropyOptions' "aspect_ratio"), a
@@ -232,50 +233,22 @@ class ChunkGrads:
         return tuple(out)
 
 
-def _options_chunk(options) -> Optional[int]:
-    """The rows per chunk a torch LinearCrossEntropyOptions asks for, if any."""
-    size = getattr(options, "batch_chunk_size", None)
-    return int(size) if isinstance(size, int) and size > 0 else None
+class Layout(NamedTuple):
+    """A linear_cross_entropy call's shapes, as check_arguments reads them."""
+    tokens: int             # N (1 for an unbatched input)
+    in_features: int        # H
+    classes: int            # C
+    out_features: tuple     # (d1, ...): each token's logits are D = prod(out_features) rows of C classes
+    batched: bool           # input (N, H), not (H,)
+    prob: bool              # a class-probability target
+    ignore_index: int       # None given: -100
 
 
-@torch._dynamo.disable
-def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
-                         linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,
-                         reduction: str = "mean", ignore_index: Optional[int] = None,
-                         label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
-                         softcap: Optional[float] = None, chunk_size: Optional[int] = None,
-                         accum_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """torch 2.14's ``torch.nn.functional.linear_cross_entropy``, i.e.
-    ``cross_entropy(linear(input, linear_weight, linear_bias), target,
-    weight=weight, ...)`` with the logits reshaped to ``(N, C, d1, ...)`` for
-    a ``(C, d1, ..., H)`` linear weight, without the full logits: tokens go
-    through in chunks (matmul into one reused buffer, then the fused
-    cross-entropy row kernels, which overwrite it with the logits' gradient);
-    each chunk's gradient is folded into the input, linear weight and bias
-    gradients at once (in forward for 'mean' and 'sum'; for 'none', or a
-    probability target that requires grad, backward recomputes each chunk).
-
-    As in torch: ``input`` is ``(H,)`` or ``(N, H)``; ``weight`` is the
-    *class* weight ``(C,)``; ``ignore_index=None`` means -100 and may not be
-    given with a probability target (target of the logits' shape), which gets
-    its gradient when it requires grad; ``options`` (a
-    ``LinearCrossEntropyOptions``) is accepted, and its ``batch_chunk_size``
-    is used when ``chunk_size`` is not given.
-
-    fastact's keyword extras: ``z_loss``, ``softcap`` (as in
-    :func:`fastact.functional.cross_entropy`); ``chunk_size`` (tokens per
-    chunk; default: on the CPU torch's own rule, a chunk buffer about the
-    size of the input, but at least 128 tokens; on CUDA a buffer of 4 % of
-    the full logits, at least 32 MB, in multiples of 128 rows, at least 256);
-    ``accum_dtype``, the dtype grad of the linear weight accumulates in over
-    the chunks: None (default) accumulates in the weight's own dtype (no
-    extra memory; for bf16/fp16 weights one rounding per chunk, as
-    Liger-Kernel does); ``torch.float32`` matches the unfused precision at the
-    cost of a float32 buffer of the weight's size. On the CPU, bf16/fp16
-    inputs are computed in float32 (half-type matmuls are emulated there),
-    each gradient rounded once. Under torch.compile this function is a graph
-    break (it runs eagerly)."""
-    op = "fastact.linear_cross_entropy"
+def check_arguments(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
+                    softcap, accum_dtype, op: str = "fastact.linear_cross_entropy") -> Layout:
+    """torch's argument checks of linear_cross_entropy (and fastact's of its
+    extras); also what the vocabulary-parallel head (fastact.distributed)
+    runs on its DTensors' global shapes."""
     if input.dim() < 1 or input.dim() > 2:
         raise ValueError(f"{op}: expected input with dimensionality 1 or 2, got {input.dim()}")
     if linear_weight.dim() < 2:
@@ -305,7 +278,6 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         raise ValueError(f"{op}: softcap must be positive, got {softcap}")
     prob = target.is_floating_point()
     n = input.shape[0] if batched else 1
-    d = math.prod(out_features)
     expected = logits_shape if prob else (*input.shape[:-1], *out_features)
     if tuple(target.shape) != tuple(expected):
         raise ValueError(f"{op}: target must have shape {tuple(expected)} (class "
@@ -316,21 +288,34 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if accum_dtype is not None and accum_dtype not in (torch.float32, torch.float64, linear_weight.dtype):
         raise ValueError(f"{op}: accum_dtype must be None, float32, float64 or the weight's dtype, got "
                          f"{accum_dtype}")
+    return Layout(n, in_features, classes, out_features, batched, prob, ignore_index)
 
-    if is_dtensor(linear_weight):
-        # a column-parallel LM head (weight sharded on the vocabulary)
-        if weight is not None or softcap or prob or out_features or not batched:
-            raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, softcap, probability "
-                                      f"targets, out_features and unbatched input are not supported")
-        from ..distributed import linear_cross_entropy_vocab_parallel
 
-        if chunk_size is None:
-            chunk_size = _options_chunk(options)
-        return linear_cross_entropy_vocab_parallel(input, linear_weight, target, linear_bias, reduction,
-                                                   ignore_index, label_smoothing, z_loss, chunk_size)
-    if is_dtensor(input):
-        raise NotImplementedError(f"{op}: a DTensor input needs a DTensor linear_weight (sharded on the "
-                                  f"vocabulary)")
+def options_chunk(options) -> Optional[int]:
+    """The rows per chunk a torch LinearCrossEntropyOptions asks for, if any."""
+    size = getattr(options, "batch_chunk_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else None
+
+
+@torch._dynamo.disable
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                         reduction: str = "mean", ignore_index: Optional[int] = None,
+                         label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
+                         softcap: Optional[float] = None, chunk_size: Optional[int] = None,
+                         accum_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """:func:`fastact.functional.linear_cross_entropy` (the API and its
+    documentation) on plain tensors: tokens go through in chunks (matmul into
+    one reused buffer, then the fused cross-entropy row kernels, which
+    overwrite it with the logits' gradient); each chunk's gradient is folded
+    into the input, linear weight and bias gradients at once (in forward for
+    'mean' and 'sum'; for 'none', or a probability target that requires grad,
+    backward recomputes each chunk). Runs eagerly under torch.compile."""
+    op = "fastact.linear_cross_entropy"
+    layout = check_arguments(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                             label_smoothing, softcap, accum_dtype)
+    n, in_features, classes, out_features, _, prob, ignore_index = layout
+    d = math.prod(out_features)
     hidden, lin_w, lin_b = input.reshape(n, in_features), linear_weight, linear_bias
     device_type = hidden.device.type
     out_dtype = hidden.dtype
@@ -358,7 +343,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         rows_t = target.reshape(n * d)
 
     if chunk_size is None:
-        chunk_size = _options_chunk(options)
+        chunk_size = options_chunk(options)
     chunk = chunk_rows(n, d * classes, in_features, hidden.element_size(), chunk_size, hidden.device.type,
                        widened)
     o = _Options(classes, d, ignore_index, float(label_smoothing), float(z_loss),
@@ -386,95 +371,3 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     # counted row (no tokens, or all ignored) is 0 * inf = NaN, as in torch
     total = loss.sum() * row_grad[0]
     return total.to(out_dtype)
-
-
-def _vp_rows_forward(logits, target, group, start, v, ignore_index, smoothing, z_loss):
-    """Per-row losses of the vocabulary slice ``logits`` [n, v_local] holding
-    global columns [start, start + v_local) of [n, v], in float32 (float64 for
-    float64 logits), every term relative to the global row max m (shift
-    invariance, as the row kernels): log s - (z_t - m), with s the all-reduced
-    sum of exp(z - m). Four all-reduces of (n,) vectors over ``group``; the
-    target's logit is gathered with a mask, never with nonzero(), so nothing
-    syncs with the host. Returns (loss, m, log s)."""
-    import torch.distributed as dist
-
-    n, v_local = logits.shape
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    m = logits.max(1).values.to(acc) if v_local else logits.new_full((n,), float("-inf"), dtype=acc)
-    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    x = logits.to(acc) - m_safe[:, None]  # transient: backward recomputes from the logits
-    sum_exp = torch.exp(x).sum(1)
-    dist.all_reduce(sum_exp, group=group)
-    log_s = torch.log(sum_exp)
-    idx, mine = _vp_local_target(target, start, v_local, ignore_index)
-    picked = x.gather(1, idx[:, None]).squeeze(1) if v_local else m.new_zeros(n)
-    z_t = torch.where(mine, picked, torch.zeros_like(picked))  # z_t - m
-    dist.all_reduce(z_t, group=group)
-    sum_z = x.sum(1)  # sum_c (z_c - m)
-    del x
-    dist.all_reduce(sum_z, group=group)
-    lse = m_safe + log_s
-    loss = (1 - smoothing) * (log_s - z_t) + smoothing * (log_s - sum_z / v) + z_loss * lse * lse
-    loss = torch.where(target != ignore_index, loss, torch.zeros_like(loss))
-    return loss, m_safe, log_s
-
-
-def _vp_local_target(target, start, v_local, ignore_index):
-    """(column of the target in this slice, clamped; whether the slice holds it)."""
-    local_t = target - start
-    mine = (local_t >= 0) & (local_t < v_local) & (target != ignore_index)
-    return torch.where(mine, local_t, torch.zeros_like(local_t)), mine
-
-
-def _vp_rows_grad(logits, target, m, log_s, grad_rows, start, v, ignore_index, smoothing, z_loss):
-    """d(sum_r grad_rows[r] * loss[r]) / d(logits slice), in m's dtype; local (no collective)."""
-    idx, mine = _vp_local_target(target, start, logits.shape[1], ignore_index)
-    p = torch.exp((logits.to(m.dtype) - m[:, None]) - log_s[:, None])
-    d = p * (1 + 2 * z_loss * (m + log_s)[:, None]) - smoothing / v
-    if d.shape[1]:
-        d.scatter_add_(1, idx[:, None], (-(1 - smoothing) * mine.to(d.dtype))[:, None])
-    return d * (grad_rows.to(d.dtype) * (target != ignore_index))[:, None]
-
-
-class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Per-row losses of vocabulary-sliced logits (:func:`_vp_rows_forward`).
-    Saves the slice itself (no float32 copy), m and log s. ``start`` is the
-    slice's first global column, ``v`` the global vocabulary."""
-
-    @staticmethod
-    def forward(ctx, logits, target, group, start, v, ignore_index, smoothing, z_loss):
-        loss, m, log_s = _vp_rows_forward(logits, target, group, start, v, ignore_index, smoothing, z_loss)
-        ctx.save_for_backward(logits, target, m, log_s)
-        ctx.options = (start, v, ignore_index, smoothing, z_loss)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        logits, target, m, log_s = ctx.saved_tensors
-        d = _vp_rows_grad(logits, target, m, log_s, grad_loss, *ctx.options)
-        return (d.to(logits.dtype),) + (None,) * 7
-
-
-def vocab_parallel_cross_entropy(logits: Tensor, target: Tensor, group=None, ignore_index: int = -100,
-                                 reduction: str = "mean", label_smoothing: float = 0.0, *,
-                                 z_loss: float = 0.0) -> Tensor:
-    """Cross-entropy of logits whose vocabulary is split over the ranks of
-    ``group``: rank r holds columns [r*V/world, (r+1)*V/world) of (N, V), and
-    ``target`` holds global class indices. The row max, sum of exponentials,
-    target logit and logit sum are all-reduced (four (N,) vectors, never the
-    logits); loss and each slice's gradient equal those of ``cross_entropy`` on
-    the gathered logits."""
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"fastact.vocab_parallel_cross_entropy: bad reduction {reduction!r}")
-    import torch.distributed as dist
-
-    lead, v_local = logits.shape[:-1], logits.shape[-1]
-    start, v = dist.get_rank(group) * v_local, v_local * dist.get_world_size(group)
-    loss = _VocabParallelCrossEntropy.apply(logits.reshape(-1, v_local), target.reshape(-1), group, start, v,
-                                            int(ignore_index), float(label_smoothing), float(z_loss))
-    if reduction == "none":
-        return loss.view(lead).to(logits.dtype)
-    if reduction == "sum":
-        return loss.sum().to(logits.dtype)
-    return (loss.sum() / (target != ignore_index).sum()).to(logits.dtype)

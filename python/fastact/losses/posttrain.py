@@ -27,7 +27,6 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .._dtensor import is_dtensor
 from .linear_ce import ChunkGrads, chunk_rows, cpu_float32
 
 __all__ = ["linear_logprobs", "linear_distill_loss"]
@@ -96,27 +95,9 @@ def _check_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optiona
             raise ValueError(f"{op}: {what} is on {t.device}, {name}input on {input.device}")
 
 
-def _gather_head(op: str, name: str, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
-    """(weight, bias) as plain tensors. A DTensor head (e.g. a column-parallel
-    LM head sharded on the vocabulary) is gathered with ``full_tensor()``,
-    which autograd differentiates (each rank's shard receives its slice of
-    the gradient): correct, but it holds the full weight on every rank for
-    the duration of the call, unlike linear_cross_entropy's
-    vocabulary-parallel path, which all-reduces row statistics instead. The
-    input (and target) must be plain tensors, the same on every rank."""
-    if is_dtensor(input):
-        raise NotImplementedError(f"{op}: a DTensor {name}input is not supported; pass its local (replicated) "
-                                  f"tensor")
-    weight = weight.full_tensor() if is_dtensor(weight) else weight
-    bias = bias.full_tensor() if is_dtensor(bias) else bias
-    return weight, bias
-
-
 def _check_target(op: str, target: Tensor, lead: tuple, device) -> None:
     if not isinstance(target, Tensor):
         raise TypeError(f"{op}: target must be a Tensor of class indices, got {type(target).__name__}")
-    if is_dtensor(target):
-        raise NotImplementedError(f"{op}: a DTensor target is not supported; pass its local (replicated) tensor")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{op}: target must hold class indices (an integer tensor), got {target.dtype}")
     if tuple(target.shape) != lead:
@@ -264,24 +245,9 @@ class _LinearLogprobs(torch.autograd.Function):
 def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, linear_bias: Optional[Tensor] = None,
                     temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
                     chunk_size: Optional[int] = None):
-    """Per-token ``log_softmax(linear(input, linear_weight, linear_bias) /
-    temperature).gather(-1, target)``, shaped like ``target`` (``input`` is
-    ``(..., H)``, ``target`` ``(...)``, ``linear_weight`` ``(V, H)``), without
-    the ``(tokens, V)`` logits: chunked over tokens like
-    :func:`linear_cross_entropy` (``chunk_size`` tokens per chunk; default its
-    rule). With ``return_entropy=True``, a tuple ``(logprobs, entropy)``, the
-    entropy of the same tempered distribution per token, computed in the same
-    pass. Tokens whose target is ``ignore_index`` give 0 for both and no
-    gradient. Both outputs are differentiable w.r.t. input, weight and bias
-    (one backward serves a loss that uses both; double backward is not
-    supported).
-
-    The outputs are float32 (float64 for float64 inputs) for every input
-    dtype: bf16/fp16 logits are computed and reduced in float32 (see the
-    module's docstring). Under torch.compile this function is a graph break
-    (it runs eagerly)."""
+    """:func:`fastact.functional.linear_logprobs` (the API and its documentation) on
+    plain tensors. Runs eagerly under torch.compile."""
     op = "fastact.linear_logprobs"
-    linear_weight, linear_bias = _gather_head(op, "", input, linear_weight, linear_bias)
     _check_head(op, "", input, linear_weight, linear_bias)
     lead = tuple(input.shape[:-1])
     _check_target(op, target, lead, input.device)
@@ -421,25 +387,9 @@ def linear_distill_loss(student_input: Tensor, student_weight: Tensor, teacher_i
                         temperature: float = 1.0, ignore_index: int = -100, reduction: str = "batchmean",
                         chunk_size: Optional[int] = None, hard_label_weight: float = 0.0,
                         student_bias: Optional[Tensor] = None, teacher_bias: Optional[Tensor] = None) -> Tensor:
-    """Divergence between the tempered softmaxes P (teacher:
-    ``linear(teacher_input, teacher_weight, teacher_bias) / temperature``) and
-    Q (student, likewise), per token, without either ``(tokens, V)`` logits
-    beyond one chunk: ``kind='kl'`` KL(P||Q), ``'reverse_kl'`` KL(Q||P),
-    ``'jsd'`` ``beta*KL(P||M) + (1-beta)*KL(Q||M)`` with ``M = beta*P +
-    (1-beta)*Q`` (no ``T**2`` factor). Tokens whose ``target`` is
-    ``ignore_index`` are left out (``target=None``: all count).
-    ``reduction``: ``'batchmean'`` (summed divergence / counted tokens; NaN
-    when none counts, with zero gradients, as a mean over nothing in torch),
-    ``'sum'``, ``'none'`` (per token, 0 where ignored). Result:
-    ``(1 - hard_label_weight) * divergence + hard_label_weight *
-    cross_entropy(student_logits, target)`` (untempered, same reduction; needs
-    a target). Student and teacher may differ in hidden size and dtype, not in
-    vocabulary. The teacher gets no gradient. The loss is float32 (float64
-    for a float64 student), computed in float32 for half types."""
+    """:func:`fastact.functional.linear_distill_loss` (the API and its documentation) on
+    plain tensors. Runs eagerly under torch.compile."""
     op = "fastact.linear_distill_loss"
-    student_weight, student_bias = _gather_head(op, "student_", student_input, student_weight, student_bias)
-    with torch.no_grad():
-        teacher_weight, teacher_bias = _gather_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
     _check_head(op, "student_", student_input, student_weight, student_bias)
     _check_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
     lead = tuple(student_input.shape[:-1])
