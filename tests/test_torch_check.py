@@ -17,7 +17,7 @@ import fastact
 from fastact import _torch_check
 
 PACKAGE = os.path.dirname(os.path.abspath(fastact.__file__))
-MODULE = fastact._EXTENSION  # _C, or _C_emu in the emulation lane
+MODULE = _torch_check.extension()  # _C, or _C_emu in the emulation lane
 
 
 def test_build_info_reports_the_recorded_torch():

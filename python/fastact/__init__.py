@@ -1,14 +1,10 @@
 """fastact: fused CUDA/C++ kernels for training, registered as PyTorch operators."""
-import os
-
 import torch
 
 from . import _torch_check
 
-# The emulation lane (test infrastructure, `make test-emu`): the CUDA kernels
-# of csrc/cuda/ compiled for the CPU against a SIMT emulator and registered
-# for CPU tensors, in place of the CPU kernels.
-_EXTENSION = "_C_emu" if os.environ.get("FASTACT_CUDA_EMULATION", "0") not in ("", "0") else "_C"
+# _C, or _C_emu in the emulation lane (test infrastructure, `make test-emu`)
+_EXTENSION = _torch_check.extension()
 # Before loading it: was the extension built for this torch? (a clear
 # ImportError naming both versions and the fix, never an undefined symbol)
 _torch_check.check(_EXTENSION)

@@ -27,7 +27,16 @@ import os
 from typing import Optional
 
 SKIP_ENV = "FASTACT_SKIP_TORCH_CHECK"
+EMULATION_ENV = "FASTACT_CUDA_EMULATION"
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def extension() -> str:
+    """The extension ``import fastact`` loads: ``_C``, or in the emulation
+    lane (FASTACT_CUDA_EMULATION=1, test infrastructure) ``_C_emu``, the CUDA
+    kernels of csrc/cuda/ compiled for the CPU against a SIMT emulator and
+    registered for CPU tensors, in place of the CPU kernels."""
+    return "_C_emu" if os.environ.get(EMULATION_ENV, "0") not in ("", "0") else "_C"
 
 
 def record(module: str = "_C") -> Optional[dict]:

@@ -7,12 +7,14 @@ twin's: a state dict loads both ways. ``patch(model)`` swaps twins in place.
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 
 import torch
 from torch import Tensor
 
 from . import functional as F
+from ._twins import nn_twins
 from .errors import FastactValueError
 
 __all__ = [
@@ -345,23 +347,12 @@ class LinearDistillLoss(torch.nn.Module):
                 f"hard_label_weight={self.hard_label_weight}")
 
 
-def _twins() -> dict:
-    """torch.nn class -> fastact twin, for every module here that subclasses one."""
-    twins = {}
-    for obj in globals().values():
-        if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__ == __name__:
-            base = obj.__bases__[-1]
-            if base.__name__ == obj.__name__ and base.__module__.startswith("torch.nn"):
-                twins[base] = obj
-    return twins
-
-
 def patch(model: torch.nn.Module) -> torch.nn.Module:
     """Swap, in place, every ``torch.nn`` module of ``model`` that has a fastact
     twin for that twin, keeping its parameters, buffers, hooks and training
     mode; the count of swaps per type is added to ``model.fastact_patched``.
     Only exact types are swapped: a user subclass keeps its own forward."""
-    twins = _twins()
+    twins = nn_twins(sys.modules[__name__])
     counts = Counter(getattr(model, "fastact_patched", {}))
     for module in model.modules():
         twin = twins.get(type(module))

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .. import nn as _fnn
+from .._twins import nn_twins
 from ..errors import FastactTypeError
 from . import versions
 from .activations import patch_activations
@@ -60,7 +61,7 @@ __all__ = ["apply", "causal_lm_loss", "versions", "find_glu", "gated_op"]
 
 
 def _swap_twins(model: nn.Module, which) -> dict:
-    twins = {base: twin for base, twin in _fnn._twins().items() if which(base)}
+    twins = {base: twin for base, twin in nn_twins(_fnn).items() if which(base)}
     counts: Counter = Counter()
     for module in model.modules():
         twin = twins.get(type(module))
