@@ -37,13 +37,17 @@ t0=$(date +%s)
 step() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
 
 step "wheel $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1)), torch $TORCH_RELEASE"
-"$PYTHON" - "$WHEEL" <<'PY'
-import sys, zipfile
+"$PYTHON" - "$WHEEL" "$ROOT/python" <<'PY'
+import pathlib, sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 so = [n for n in names if n.startswith("fastact/_C.") and n.endswith(".so")]
 assert so, "the wheel has no fastact/_C extension"
 assert "fastact/_C.build.json" in names, "the wheel has no build record (fastact/_C.build.json)"
 assert not [n for n in names if n.startswith(("csrc/", "tests/"))], "sources in the wheel"
+# every module of the source tree, subpackages included
+src = pathlib.Path(sys.argv[2])
+missing = sorted({p.relative_to(src).as_posix() for p in src.glob("fastact/**/*.py")} - set(names))
+assert not missing, f"modules missing from the wheel: {missing}"
 print(f"   {len(names)} files; extension {so[0]}")
 PY
 
