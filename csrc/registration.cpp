@@ -1,5 +1,5 @@
 // Every schema of the fastact library, defined once. Kernels are registered
-// per device in cpu/ and cuda/; fake kernels and autograd in python/fastact/ops.py.
+// per device in cpu/ and cuda/; fake kernels and autograd in python/fastact/ops/.
 #include <torch/library.h>
 
 #include <string>
