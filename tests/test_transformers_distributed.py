@@ -13,7 +13,8 @@ float64, patched and unpatched from the same weights:
   shards).
 - a head that is an FSDP2 unit of its own: ``apply`` after sharding refuses
   with the reason; ``apply`` before sharding falls back, with one warning, to
-  the model's own loss (never to a loss over the wrong rows).
+  the model's own loss (never to a loss over the wrong rows). A proof that
+  passes on one rank only is refused on all.
 - (c) tensor parallel head (``ColwiseParallel(output_layouts=Shard(-1),
   use_local_output=False)``, torch's loss-parallel recipe): the fused loss is
   fastact's vocabulary-parallel linear cross-entropy, proven against the
@@ -210,6 +211,10 @@ def scenario_fsdp_head_unit(rank, world):
     out["ref"] = data_parallel(rank, world, lambda shard: train(fsdp(make("llama"), head_unit=True), shard))
     model = fsdp(make("llama"), head_unit=True)
     out["after"] = report(ft.apply(model))
+    # a decision that differs between ranks becomes the refusal on all of them
+    from fastact.transformers.causal_lm import agree
+
+    out["agree"] = agree(model, None if rank == 0 else "refused on rank 1"), agree(make("llama"), None)
     model = make("llama")
     out["before"] = report(ft.apply(model))
     with warnings.catch_warnings(record=True) as caught:
@@ -364,6 +369,10 @@ def test_fsdp_head_as_its_own_unit(outs):
     for rank, out in enumerate(outs):
         r = out["fsdp_head_unit"]
         assert r["after"]["loss"] is None and "FSDP2 unit of its own" in r["after"]["skipped"], r["after"]
+        sharded, plain = r["agree"]
+        assert sharded == ("refused on rank 1" if rank else
+                           "the proof failed on another rank of the device mesh (all ranks keep the model's own loss)")
+        assert plain is None  # (no DTensor parameter: no collective, the rank's own decision)
         before = r["before"]
         assert before["loss"] == "LlamaForCausalLM", before
         # in training the head is sharded: the model's own loss (logits returned), one warning
