@@ -452,7 +452,8 @@ def cross_entropy_vocab_parallel(rows: DTensor, target, weight, prob, ignore_ind
 
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
-    """Per-row losses of ``hidden @ weight.T (+ bias)`` with ``weight`` the
+    """Per-row losses of ``hidden @ weight.T (+ bias)`` (soft-capped to
+    ``softcap * tanh(z / softcap)`` when ``softcap``) with ``weight`` the
     [V_local, H] slice of the vocabulary that starts at global row ``start``
     (a column-parallel LM head), chunk by chunk of tokens: each chunk's logit
     slice is formed, its row max, sum of exponentials, target logit and logit
@@ -462,7 +463,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     all-reduced (each rank's slice contributes to it)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, group, start, v, chunk, options):
+    def forward(ctx, hidden, weight, bias, target, group, start, v, chunk, options, softcap=0.0):
         from .linear_ce import _vp_rows_forward
 
         n = hidden.shape[0]
@@ -470,12 +471,10 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         loss, m, log_s = (hidden.new_empty((n,), dtype=acc) for _ in range(3))
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            z = hidden[s:e] @ weight.t()
-            if bias is not None:
-                z += bias
+            z = _capped(_chunk_logits(hidden[s:e], weight, bias), softcap, acc)
             loss[s:e], m[s:e], log_s[s:e] = _vp_rows_forward(z, target[s:e], group, start, v, *options)
         ctx.save_for_backward(hidden, weight, bias, target, m, log_s)
-        ctx.args = (group, start, v, chunk, options)
+        ctx.args = (group, start, v, chunk, options, softcap)
         return loss
 
     @staticmethod
@@ -484,7 +483,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         from .linear_ce import _vp_rows_grad
 
         hidden, weight, bias, target, m, log_s = ctx.saved_tensors
-        group, start, v, chunk, options = ctx.args
+        group, start, v, chunk, options, softcap = ctx.args
         needs = ctx.needs_input_grad
         acc = m.dtype
         gh = torch.zeros_like(hidden) if needs[0] else None
@@ -493,10 +492,11 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         n = hidden.shape[0]
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            z = hidden[s:e] @ weight.t()
-            if bias is not None:
-                z += bias
+            z = _capped(_chunk_logits(hidden[s:e], weight, bias), softcap, acc)
             d = _vp_rows_grad(z, target[s:e], m[s:e], log_s[s:e], grad_loss[s:e], start, v, *options)
+            if softcap:
+                # d(c tanh(z / c))/dz = 1 - tanh(z / c)**2
+                d = d * (1 - (z / softcap) ** 2)
             if gh is not None:
                 gh[s:e] = d.to(hidden.dtype) @ weight
             if gw is not None:
@@ -506,17 +506,30 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         if gh is not None:
             dist.all_reduce(gh, group=group)
         return (gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
+
+
+def _chunk_logits(hidden, weight, bias):
+    z = hidden @ weight.t()
+    if bias is not None:
+        z += bias
+    return z
+
+
+def _capped(z, softcap, acc):
+    """``softcap * tanh(z / softcap)`` in ``acc`` (the row kernels' soft-cap), or ``z``."""
+    return softcap * torch.tanh(z.to(acc) / softcap) if softcap else z
 
 
 def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, linear_bias, reduction,
-                                        ignore_index, label_smoothing, z_loss, chunk_size):
+                                        ignore_index, label_smoothing, z_loss, chunk_size, softcap=None):
     """``linear_cross_entropy`` with a column-parallel LM head: ``linear_weight``
     a DTensor [V, H] sharded on the vocabulary (dim 0) over one mesh dim and
     replicated on the others (``linear_bias``, if any, sharded alike). The
     input [N, H] is a plain tensor (replicated over that mesh dim, as after a
     row-parallel layer) or a DTensor (rows sharded or replicated); the result
-    has the input's kind."""
+    has the input's kind. ``softcap`` caps each logit slice before the loss
+    (Gemma 2), as the row kernels do."""
     from .linear_ce import chunk_rows, cpu_float32
 
     op = "fastact.linear_cross_entropy"
@@ -546,7 +559,7 @@ def linear_cross_entropy_vocab_parallel(input, linear_weight: DTensor, target, l
                        widened)
     options = (int(ignore_index), float(label_smoothing), float(z_loss))
     loss = _VocabParallelLinearCrossEntropy.apply(hidden, w, b, local_target, mesh.get_group(vdim), offset[0], v,
-                                                  chunk, options)
+                                                  chunk, options, float(softcap) if softcap else 0.0)
     counted = local_target != ignore_index
     if pl is not None:
         loss = DTensor.from_local(loss, mesh, pl, run_check=False, shape=input.shape[:1], stride=(1,))

@@ -319,15 +319,15 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
     if is_dtensor(linear_weight):
         # a column-parallel LM head (weight sharded on the vocabulary)
-        if weight is not None or softcap or prob or out_features or not batched:
-            raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, softcap, probability "
-                                      f"targets, out_features and unbatched input are not supported")
+        if weight is not None or prob or out_features or not batched:
+            raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, probability targets, "
+                                      f"out_features and unbatched input are not supported")
         from .distributed import linear_cross_entropy_vocab_parallel
 
         if chunk_size is None:
             chunk_size = _options_chunk(options)
         return linear_cross_entropy_vocab_parallel(input, linear_weight, target, linear_bias, reduction,
-                                                   ignore_index, label_smoothing, z_loss, chunk_size)
+                                                   ignore_index, label_smoothing, z_loss, chunk_size, softcap)
     if is_dtensor(input):
         raise NotImplementedError(f"{op}: a DTensor input needs a DTensor linear_weight (sharded on the "
                                   f"vocabulary)")
