@@ -427,7 +427,7 @@ def scenario_ops(rank, world):
                                                and torch.allclose(ld.grad.full_tensor(), lf.grad, 1e-13, 1e-15))
     # linear_cross_entropy with a column-parallel head (vocab sharded)
     hidden, weight = torch.randn(n, 6, dtype=torch.float64), torch.randn(v, 6, dtype=torch.float64)
-    for kw in ({}, dict(label_smoothing=0.1, reduction="sum", chunk_size=3)):
+    for kw in ({}, dict(label_smoothing=0.1, reduction="sum", chunk_size=3), dict(softcap=2.0, z_loss=1e-2)):
         hf, wf = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
         hp = hidden.clone().requires_grad_(True)
         wd = distribute_tensor(weight, mesh, [Shard(0)]).requires_grad_(True)

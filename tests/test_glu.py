@@ -283,10 +283,12 @@ SPECIAL = [-math.inf, -1e30, -100.0, -LIMIT - 1, -LIMIT, -LIMIT + 1e-3, -1.0, -0
 
 
 def gpt_oss_experts_glu(gate_up, alpha=1.702, limit=LIMIT):
-    """transformers' GptOssExperts: gate_up[..., ::2] and [..., 1::2]."""
+    """transformers' GptOssExperts: gate_up[..., ::2] and [..., 1::2]; its
+    clamps' gradient as API.md has it, ends included (torch 2.11's clamp;
+    2.14's passes none at the bounds, where bfloat16 inputs often land)."""
     gate, up = gate_up[..., ::2], gate_up[..., 1::2]
-    gate = gate.clamp(min=None, max=limit)
-    up = up.clamp(min=-limit, max=limit)
+    gate = R.clamp_ends_included(gate, max=limit)
+    up = R.clamp_ends_included(up, min=-limit, max=limit)
     glu = gate * torch.sigmoid(gate * alpha)
     return (up + 1) * glu
 
@@ -311,13 +313,15 @@ def test_clamped_swiglu_special_values(dtype, device):
             assert torch.equal(a.isnan(), b.isnan())
             torch.testing.assert_close(a, b, equal_nan=True,
                                        **({} if dtype in (torch.float32, torch.float64) else dict(atol=0, rtol=1e-2)))
-    # the masks, torch's: gradient strictly inside the bounds only (none at
-    # gate == limit, up == +-limit, a NaN)
+    # the masks (API.md): gradient within the bounds, ends included; none
+    # past them or at a NaN
     d_gate, d_up = ours[1:]
-    assert (d_gate[(g >= LIMIT) | g.isnan()] == 0).all()
-    assert (d_up[(u.abs() >= LIMIT) | u.isnan()] == 0).all()
-    inside = (g < LIMIT) & g.isfinite() & (u.abs() < LIMIT)
+    assert (d_gate[(g > LIMIT) | g.isnan()] == 0).all()
+    assert (d_up[(u.abs() > LIMIT) | u.isnan()] == 0).all()
+    inside = (g <= LIMIT) & g.isfinite() & (u.abs() <= LIMIT)
     assert (d_up[inside & (g > 0)] != 0).all()
+    assert (d_up[(u.abs() == LIMIT) & (g > 0) & g.isfinite()] != 0).all()
+    assert (d_gate[(g == LIMIT) & ~u.isnan() & (u != -1)] != 0).all()
 
 
 def _value_and_grads(fn, inputs, dy):

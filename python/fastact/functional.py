@@ -242,8 +242,11 @@ def clamped_swiglu(gate: Tensor, up: Optional[Tensor] = None, dim: int = -1, *, 
     (first gate, then up), or with ``interleaved=True`` gate at the even and
     up at the odd positions (transformers' ``gate_up[..., ::2]`` and
     ``gate_up[..., 1::2]``), read in place either way. Gradients are those of
-    the torch composite: torch's clamp passes the gradient strictly inside its
-    bounds (none at ``gate == limit``, ``up == +-limit`` or a NaN input).
+    the composite of the same ops with each clamp passing the gradient where
+    its input lies within the bounds, ends included (at ``gate == limit`` and
+    ``up == +-limit`` too; never at a NaN): torch 2.11's clamp. (torch 2.14
+    and later pass it strictly inside the bounds only; fastact keeps the
+    contract's rule on every torch release.)
     ``limit`` must be positive (``inf`` clamps nothing) and ``alpha`` finite;
     ``interleaved=True`` with an ``up`` tensor raises ``ValueError``."""
     return _gated("clamped_swiglu", gate, up, dim, float(alpha), float(limit), interleaved=interleaved)

@@ -56,10 +56,23 @@ def prelu(x, weight):
     return TF.prelu(x, weight)
 
 
+def clamp_ends_included(x, min=None, max=None):
+    """``x.clamp(min, max)`` whose gradient passes where ``min <= x <= max``,
+    ends included (torch 2.11's clamp backward; 2.14 and later pass it only
+    strictly inside), and never at a NaN. Differentiable twice."""
+    inside = torch.ones_like(x, dtype=torch.bool)
+    if min is not None:
+        inside = inside & (x >= min)
+    if max is not None:
+        inside = inside & (x <= max)
+    return torch.where(inside, x, x.detach().clamp(min=min, max=max))
+
+
 def clamped_swiglu(gate, up, alpha=1.702, limit=7.0):
-    """gpt-oss's gated unit (transformers' GptOssExperts)."""
-    gate = gate.clamp(max=limit)
-    up = up.clamp(min=-limit, max=limit)
+    """gpt-oss's gated unit (transformers' GptOssExperts), its clamps passing
+    the gradient at the bounds as API.md specifies."""
+    gate = clamp_ends_included(gate, max=limit)
+    up = clamp_ends_included(up, min=-limit, max=limit)
     return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 

@@ -137,10 +137,11 @@ struct QuickGelu : Swish { QuickGelu() : Swish(1.702) {} };
 // the whole unit rather than an activation of the gate): g = min(gate, limit),
 // u = clamp(up, -limit, limit), out = g sigmoid(alpha g) (u + 1). The clamps
 // keep a NaN (their comparisons are false for it), as torch's clamp does. The
-// gradient is torch's for the composite, whose clamp passes it only strictly
-// inside the bounds: not at gate == limit or up == +-limit (torch 2.14's
-// clamp/clamp_max backward, `x < max`; ties are common in bfloat16), and not
-// at a NaN.
+// gradient is the composite's with the clamps passing it where the input lies
+// within the bounds, ends included (API.md; torch <= 2.11's clamp backward,
+// `min <= x <= max`): at gate == limit and up == +-limit too (ties are common
+// in bfloat16), never at a NaN. (torch 2.14 and 2.15's clamp passes it only
+// strictly inside; the contract, not the torch release, decides.)
 struct ClampedSwiglu {
   static constexpr bool kGated = true;
   double alpha, limit;
@@ -161,8 +162,8 @@ struct ClampedSwiglu {
     const T s = T(1) / (T(1) + m::exp(-T(alpha) * g));
     const T d_g = dy * (clamp_up(up) + T(1)) * s * (T(1) + T(alpha) * g * (T(1) - s));
     const T d_u = dy * g * s;
-    d_gate = gate < T(limit) ? d_g : T(0);
-    d_up = (up > -T(limit) && up < T(limit)) ? d_u : T(0);
+    d_gate = gate <= T(limit) ? d_g : T(0);
+    d_up = (up >= -T(limit) && up <= T(limit)) ? d_u : T(0);
   }
 };
 

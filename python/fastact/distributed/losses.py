@@ -111,16 +111,17 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     any, sharded alike). The input [N, H] is a plain tensor (replicated over
     that mesh dim, as after a row-parallel layer) or a DTensor (rows sharded
     or replicated); the result has the input's kind. Each chunk of tokens
-    runs the all-reduces of ``vocab_parallel_cross_entropy``."""
+    runs the all-reduces of ``vocab_parallel_cross_entropy``; ``softcap``
+    caps each logit slice before the loss (Gemma 2), as the row kernels do."""
     op = "fastact.linear_cross_entropy"
     layout = _linear_ce.check_arguments(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                                         label_smoothing, softcap, accum_dtype)
     if not is_dtensor(linear_weight):
         raise NotImplementedError(f"{op}: a DTensor input needs a DTensor linear_weight (sharded on the "
                                   f"vocabulary)")
-    if weight is not None or softcap or layout.prob or layout.out_features or not layout.batched:
-        raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, softcap, probability "
-                                  f"targets, out_features and unbatched input are not supported")
+    if weight is not None or layout.prob or layout.out_features or not layout.batched:
+        raise NotImplementedError(f"{op}: with a DTensor linear_weight, class weights, probability targets, "
+                                  f"out_features and unbatched input are not supported")
     ignore_index = layout.ignore_index
     if chunk_size is None:
         chunk_size = _linear_ce.options_chunk(options)
@@ -150,7 +151,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
                                   hidden.device.type, widened)
     row_options = (int(ignore_index), float(label_smoothing), float(z_loss))
     loss = VocabParallelLinearCrossEntropy.apply(hidden, w, b, local_target, mesh.get_group(vdim), offset[0], v,
-                                                 chunk, row_options)
+                                                 chunk, row_options, float(softcap) if softcap else 0.0)
     counted = local_target != ignore_index
     if pl is not None:
         loss = DTensor.from_local(loss, mesh, pl, run_check=False, shape=input.shape[:1], stride=(1,))

@@ -82,7 +82,8 @@ class VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 class VocabParallelLinearCrossEntropy(torch.autograd.Function):
-    """Per-row losses of ``hidden @ weight.T (+ bias)`` with ``weight`` the
+    """Per-row losses of ``hidden @ weight.T (+ bias)`` (soft-capped to
+    ``softcap * tanh(z / softcap)`` when ``softcap``) with ``weight`` the
     [V_local, H] slice of the vocabulary that starts at global row ``start``
     (a column-parallel LM head), chunk by chunk of tokens: each chunk's logit
     slice is formed, its row max, sum of exponentials, target logit and logit
@@ -92,18 +93,16 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
     all-reduced (each rank's slice contributes to it)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, group, start, v, chunk, options):
+    def forward(ctx, hidden, weight, bias, target, group, start, v, chunk, options, softcap=0.0):
         n = hidden.shape[0]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         loss, m, log_s = (hidden.new_empty((n,), dtype=acc) for _ in range(3))
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            z = hidden[s:e] @ weight.t()
-            if bias is not None:
-                z += bias
+            z = _capped(_chunk_logits(hidden[s:e], weight, bias), softcap, acc)
             loss[s:e], m[s:e], log_s[s:e] = _vp_rows_forward(z, target[s:e], group, start, v, *options)
         ctx.save_for_backward(hidden, weight, bias, target, m, log_s)
-        ctx.args = (group, start, v, chunk, options)
+        ctx.args = (group, start, v, chunk, options, softcap)
         return loss
 
     @staticmethod
@@ -111,7 +110,7 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
         import torch.distributed as dist
 
         hidden, weight, bias, target, m, log_s = ctx.saved_tensors
-        group, start, v, chunk, options = ctx.args
+        group, start, v, chunk, options, softcap = ctx.args
         needs = ctx.needs_input_grad
         acc = m.dtype
         gh = torch.zeros_like(hidden) if needs[0] else None
@@ -120,10 +119,11 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
         n = hidden.shape[0]
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            z = hidden[s:e] @ weight.t()
-            if bias is not None:
-                z += bias
+            z = _capped(_chunk_logits(hidden[s:e], weight, bias), softcap, acc)
             d = _vp_rows_grad(z, target[s:e], m[s:e], log_s[s:e], grad_loss[s:e], start, v, *options)
+            if softcap:
+                # d(c tanh(z / c))/dz = 1 - tanh(z / c)**2
+                d = d * (1 - (z / softcap) ** 2)
             if gh is not None:
                 gh[s:e] = d.to(hidden.dtype) @ weight
             if gw is not None:
@@ -133,7 +133,19 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
         if gh is not None:
             dist.all_reduce(gh, group=group)
         return (gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
+
+
+def _chunk_logits(hidden, weight, bias):
+    z = hidden @ weight.t()
+    if bias is not None:
+        z += bias
+    return z
+
+
+def _capped(z, softcap, acc):
+    """``softcap * tanh(z / softcap)`` in ``acc`` (the row kernels' soft-cap), or ``z``."""
+    return softcap * torch.tanh(z.to(acc) / softcap) if softcap else z
 
 
 def vocab_parallel_cross_entropy(logits: Tensor, target: Tensor, group=None, ignore_index: int = -100,

@@ -22,7 +22,13 @@ proven on the model before it is enabled:
   fails the proof keeps its own loss and the report says why. Without
   labels, or in eval mode, the forward is the original one (``generate()``
   and evaluation metrics are unchanged). ``z_loss``, ``chunk_size`` and
-  ``accum_dtype`` are passed to ``linear_cross_entropy``.
+  ``accum_dtype`` are passed to ``linear_cross_entropy``. Under
+  torch.distributed: FSDP2 with the head in an enclosing unit (the layers
+  and the root sharded; ``apply`` before or after ``fully_shard``) fuses the
+  loss on the weight FSDP2 gathers; a tensor-parallel head (``ColwiseParallel``,
+  weight sharded on the vocabulary) runs the vocabulary-parallel loss; a
+  head that is an FSDP2 unit of its own is refused; all ranks decide alike
+  (:mod:`.causal_lm`).
 - ``dropout``: ``nn.Dropout`` modules become fastact's fused, mask-free
   dropout. Attention-probability dropout inside the attention function is not
   a module and is left to torch.
@@ -52,7 +58,7 @@ from .._twins import nn_twins
 from ..errors import FastactTypeError
 from . import versions
 from .activations import patch_activations
-from .causal_lm import LossPlan, causal_lm_loss, find_head, fused_lm_class, is_fused_lm, logit_transform, prove
+from .causal_lm import LossPlan, causal_lm_loss, find_head, fused_lm_class, logit_transform, prove
 from .mlp import find_glu, gated_op, patch_mlp
 from .moe import patch_experts
 from .twin import is_twin
@@ -91,8 +97,7 @@ def _patch_loss(model: nn.Module, options: dict):
         return None, reason
     for name, value in options.items():
         setattr(plan, name, value)
-    if not is_fused_lm(model):
-        model.__class__ = fused_lm_class(type(model))
+    model.__class__ = fused_lm_class(type(model))  # (the class itself when already fused)
     model.fastact_loss_plan = plan
     return type(model).__name__, None
 
@@ -117,7 +122,14 @@ def apply(model: nn.Module, *, glu: bool = True, loss: bool = True, dropout: boo
     model with nothing to patch, and for a transformers release older than
     :data:`versions.MIN_VERSION` unless ``check_version=False``; a release
     newer than the newest tested one gets one warning. Calling it again on a
-    patched model changes nothing more (the loss options are updated)."""
+    patched model changes nothing more (the loss options are updated; the
+    loss is proven again, e.g. on a model sharded since).
+
+    Under torch.distributed call it on every rank (the proof of a sharded
+    model runs its collectives; all ranks take the same decision): before or
+    after FSDP2's ``fully_shard`` of the layers and the root, after
+    ``parallelize_module`` for a tensor-parallel head (see
+    :mod:`fastact.transformers.causal_lm`)."""
     if check_version:
         versions.check(_transformers.__version__)
     if not isinstance(model, nn.Module):

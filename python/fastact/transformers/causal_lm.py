@@ -25,15 +25,42 @@ module, then :func:`causal_lm_loss`, and returns ``logits=None``. Otherwise
 module does not take) it is the original forward, so ``generate()`` and
 evaluation with logits are unchanged. Unknown keyword arguments pass through
 to the inner module.
+
+Under torch.distributed the loss runs where the head's weight is when the
+forward reads it (:func:`head_layout`, found by the proof and checked in
+every fused forward):
+
+- FSDP2 with the head in an enclosing unit (``fully_shard`` on the decoder
+  layers and the root, as accelerate's transformer-based wrap does), ``apply``
+  before or after ``fully_shard``: the root's unit gathers the weight before
+  the forward, so the fused loss sees a plain tensor and each rank's loss is
+  that of its own rows; the gradient goes back through FSDP2's
+  reduce-scatter. Applied after ``fully_shard``, the probe runs through the
+  model's call (FSDP2's hooks gather, and the parameters are sharded again
+  afterwards) on every rank.
+- a tensor-parallel head (``ColwiseParallel`` on it: the weight a DTensor
+  sharded on the vocabulary): the fused loss is ``linear_cross_entropy``'s
+  vocabulary-parallel form (the logits never gathered, nor formed whole on
+  any rank), proven against the model's own loss under ``loss_parallel()``.
+  FSDP2 over TP (a 2-D mesh) alike.
+- a head that is an FSDP2 unit of its own (``fully_shard`` on it): its
+  weight is gathered only in its own forward, which the fused loss does not
+  call: the proof refuses it.
+
+Every rank of the model's meshes takes the same decision (:func:`agree`). A
+forward that finds the weight otherwise than proven (the head sharded after
+``apply``) runs the model's own loss and warns once: call ``apply`` again.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
 import math
 import textwrap
+import warnings
 from typing import Optional
 
 import torch
@@ -45,7 +72,7 @@ from ..accuracy import TERM_EPS, cross_entropy_error, eps, sum_error
 from .twin import twin_class
 
 __all__ = ["causal_lm_loss", "fused_lm_class", "is_fused_lm", "find_head", "logit_transform", "prove",
-           "LossPlan"]
+           "LossPlan", "head_layout", "is_fsdp_unit", "agree"]
 
 
 def causal_lm_loss(hidden_states: Tensor, lm_head_weight: Tensor, labels: Optional[Tensor] = None, *,
@@ -105,6 +132,10 @@ class LossPlan:
     chunk_size: Optional[int] = None
     accum_dtype: Optional[torch.dtype] = None
     output_class: Optional[type] = None   # the model's own output dataclass (read by the proof)
+    # how the head's weight is laid out where the fused loss reads it (head_layout): the proof's
+    # finding; a forward that finds another runs the model's own loss
+    head_layout: object = None
+    warned: bool = False
 
 
 def _signature(fn) -> inspect.Signature:
@@ -196,6 +227,74 @@ def logit_transform(model: nn.Module) -> dict:
     return {"logit_scale": scale, "softcap": cap}
 
 
+# --- where the head's weight lives: FSDP2, tensor parallel ----------------------------------
+
+_PROBING = object()  # LossPlan.head_layout while the proof runs: any layout, recorded by the proof
+
+
+def head_layout(weight: Tensor):
+    """None for a plain tensor; (mesh, placements, shape) for a DTensor."""
+    if not is_dtensor(weight):
+        return None
+    return weight.device_mesh, tuple(weight.placements), tuple(weight.shape)
+
+
+def _describe(layout) -> str:
+    if layout is None:
+        return "a plain tensor"
+    mesh, placements, _ = layout
+    return f"a DTensor placed {placements} over a mesh of shape {tuple(mesh.shape)}"
+
+
+def _warn_layout(plan: LossPlan, weight: Tensor):
+    if plan.warned:
+        return
+    plan.warned = True
+    warnings.warn(f"fastact.transformers: the LM head's weight is {_describe(head_layout(weight))} in this "
+                  f"forward, but the fused loss was proven with {_describe(plan.head_layout)}; forwards like this "
+                  f"one compute the model's own loss. (The head was sharded after apply, by fully_shard on the "
+                  f"head itself or parallelize_module: call fastact.transformers.apply(model) again after "
+                  f"sharding, which proves the fused loss on the sharded model or says why not.)", stacklevel=4)
+
+
+def is_fsdp_unit(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) was applied to ``module`` itself."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _full(t):
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def agree(model: nn.Module, reason: Optional[str]) -> Optional[str]:
+    """The decision of every rank that holds a shard of ``model``: None (proven)
+    only where the proof passed on all ranks of every device mesh its DTensor
+    parameters live on (an all-reduce per mesh dimension), so that all of them
+    run the same loss and the same collectives. A model without DTensor
+    parameters decides alone."""
+    meshes = []
+    for p in model.parameters():
+        if is_dtensor(p) and all(p.device_mesh != mesh for mesh in meshes):
+            meshes.append(p.device_mesh)
+    if not meshes:
+        return reason
+    import torch.distributed as dist
+
+    ok = reason is None
+    for mesh in meshes:
+        flag = torch.tensor([int(ok)], device=mesh.device_type)
+        for dim in range(mesh.ndim):
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=mesh.get_group(dim))
+        ok = bool(flag.item())
+    if reason is None and not ok:
+        return "the proof failed on another rank of the device mesh (all ranks keep the model's own loss)"
+    return reason
+
+
 # --- the fused forward ----------------------------------------------------------------------
 
 def _inner_call(self, arguments: dict, extra: dict):
@@ -231,6 +330,11 @@ def _fused_loss(self, args, kwargs, signature):
     keep = arguments.pop("logits_to_keep", 0)
     if not (self.training and labels is not None and isinstance(keep, int) and keep == 0):
         return None
+    plan: LossPlan = self.fastact_loss_plan
+    head = getattr(self, plan.head)
+    if plan.head_layout is not _PROBING and head_layout(head.weight) != plan.head_layout:
+        _warn_layout(plan, head.weight)
+        return None
     # transformers' can_return_tuple: return_dict from the call, else the config
     return_dict = extra.pop("return_dict", arguments.pop("return_dict", None))
     if return_dict is None:
@@ -242,8 +346,6 @@ def _fused_loss(self, args, kwargs, signature):
     if outputs is None:
         return None
     hidden_states = outputs[0]
-    plan: LossPlan = self.fastact_loss_plan
-    head = getattr(self, plan.head)
     loss = causal_lm_loss(hidden_states, head.weight, labels, lm_head_bias=head.bias, shift_labels=shift_labels,
                           num_items_in_batch=num_items_in_batch, ignore_index=ignore_index, softcap=plan.softcap,
                           logit_scale=plan.logit_scale, z_loss=plan.z_loss, chunk_size=plan.chunk_size,
@@ -287,17 +389,32 @@ def _fused_forward(base):
 _FORWARDS: dict = {}  # class -> its fused forward (made once: the twin is cached by it)
 
 
+def _is_fused_class(cls) -> bool:
+    forward = getattr(cls, "forward", None)
+    return any(forward is f for f in _FORWARDS.values())
+
+
 def fused_lm_class(cls):
-    """A subclass of the causal-LM class ``cls``, same name, fused loss forward."""
+    """A subclass of the causal-LM class ``cls``, same name, fused loss forward
+    (``cls`` itself when its forward already is)."""
+    if _is_fused_class(cls):
+        return cls
     if cls not in _FORWARDS:
         _FORWARDS[cls] = _fused_forward(cls)
-    return twin_class(cls, {"forward": _FORWARDS[cls]},
+    members = {"forward": _FORWARDS[cls]}
+    index = getattr(cls, "_orig_cls_mro_index", None)
+    if isinstance(index, int):
+        # FSDP2's FSDP<Orig> classes rebuild the original class from this
+        # index of the MRO in __new__ (deepcopy, container slicing): the twin
+        # adds one class in front
+        members["_orig_cls_mro_index"] = index + 1
+    return twin_class(cls, members,
                       f"{cls.__name__} whose training loss runs fastact's linear_cross_entropy "
                       f"(logits=None when labels are given in training mode).")
 
 
 def is_fused_lm(model) -> bool:
-    return getattr(type(model), "fastact_base_class", None) is not None and hasattr(model, "fastact_loss_plan")
+    return _is_fused_class(type(model)) and hasattr(model, "fastact_loss_plan")
 
 
 # --- the proof ------------------------------------------------------------------------------
@@ -334,17 +451,36 @@ def probe_batch(model: nn.Module, vocab: int, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _logits_bound(hidden: Tensor, weight: Tensor, bias, z_head64: Tensor, z64: Tensor, dtype, scale: float,
+def _head_products(hidden: Tensor, weight: Tensor, bias) -> tuple:
+    """The head's float64 products on the probe batch: ``hidden @ W.T + b``,
+    ``|hidden| @ |W|.T`` and ``|b|`` (or 0), as plain (tokens, vocab) tensors.
+    A DTensor weight (a vocabulary-sharded head) multiplies its own shard
+    (the probe's hidden states replicated over its mesh) and the probe-sized
+    products are gathered; the weight never is."""
+    h = _full(hidden)
+    h = h.reshape(-1, h.shape[-1]).double()
+    if is_dtensor(weight):
+        from torch.distributed.tensor import DTensor, Replicate
+
+        mesh = weight.device_mesh
+        h = DTensor.from_local(h, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    w = weight.double()
+    z, magnitude, bias_abs = h @ w.t(), h.abs() @ w.abs().t(), 0.0
+    if bias is not None:
+        z = z + bias.double()
+        bias_abs = _full(bias.double().abs())
+    return _full(z), _full(magnitude), bias_abs
+
+
+def _logits_bound(magnitude: Tensor, k: int, z_head64: Tensor, z64: Tensor, dtype, scale: float,
                   reduced_precision: bool) -> Tensor:
     """Bound on |logits computed in ``dtype`` - exact|: the head's matmul
-    (accumulated in float32 for half types, in the dtype itself when the
-    device may reduce in it), its rounding to ``dtype``, and a few roundings
-    of each transform step (scale, soft-cap: Lipschitz 1)."""
+    (``k`` terms of absolute sum ``magnitude``, accumulated in float32 for
+    half types, in the dtype itself when the device may reduce in it), its
+    rounding to ``dtype``, and a few roundings of each transform step (scale,
+    soft-cap: Lipschitz 1)."""
     acc = dtype if (dtype not in (torch.float16, torch.bfloat16) or reduced_precision) else torch.float32
-    magnitude = hidden.double().abs() @ weight.double().abs().t()
-    if bias is not None:
-        magnitude = magnitude + bias.double().abs()
-    head_err = sum_error(acc, hidden.shape[-1], magnitude) + eps(dtype) * z_head64.abs()
+    head_err = sum_error(acc, k, magnitude) + eps(dtype) * z_head64.abs()
     return abs(scale) * head_err + TERM_EPS * eps(dtype) * (abs(scale) * z_head64.abs() + z64.abs())
 
 
@@ -353,65 +489,104 @@ def _apply_transform(z: Tensor, scale: float, softcap: Optional[float]) -> Tenso
     return softcap * torch.tanh(z / softcap) if softcap else z
 
 
+def _loss_parallel(layout):
+    """The context the model's own loss needs: torch's ``loss_parallel()``
+    for a vocabulary-sharded head (its logits are a DTensor sharded on the
+    vocabulary), else none."""
+    if layout is None:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
+
+
 def prove(model: nn.Module, plan: LossPlan) -> Optional[str]:
     """None when the fused loss is proven on ``model`` (see the module
-    docstring), else the reason it is not. Runs two forwards and one inner
-    forward of a tiny batch without gradients; the model's training mode and
-    the RNG states are restored."""
+    docstring), else the reason it is not. Runs the fused forward and the
+    model's own on a tiny batch without gradients, through the model's call
+    (its hooks run: FSDP2 gathers the parameters as in training); the model's
+    class, training mode and the RNG states are restored.
+
+    Where the fused forward finds the head's weight decides the path, and is
+    recorded in ``plan.head_layout``: a plain tensor (a plain model, or FSDP2
+    with the head in an enclosing unit, which gathers it before the forward)
+    runs ``linear_cross_entropy``; a DTensor sharded on the vocabulary (a
+    tensor-parallel ``ColwiseParallel`` head) runs its vocabulary-parallel
+    form, proven against the model's own loss under ``loss_parallel()``. A
+    head that is an FSDP2 unit of its own is refused (its weight is gathered
+    only in its own forward). Under torch.distributed every rank of the
+    model's meshes decides alike (:func:`agree`)."""
     head = getattr(model, plan.head)
-    weight = head.weight
-    if is_dtensor(weight):
-        # (FSDP2 / tensor parallel: the head is not gathered outside its own
-        # forward; the vocabulary-parallel loss is not proven here yet)
-        return "the LM head's weight is a DTensor (sharded head): left to the model's own loss"
-    dtype, device = weight.dtype, weight.device
+    if is_fsdp_unit(head):
+        reason = ("the LM head is an FSDP2 unit of its own (fully_shard on it): its weight is gathered only in its "
+                  "own forward, which the fused loss does not call; left to the model's own loss (shard the head "
+                  "with an enclosing module, e.g. the root)")
+    else:
+        reason = _prove(model, plan)
+    return agree(model, reason)
+
+
+def _prove(model: nn.Module, plan: LossPlan) -> Optional[str]:
+    head, inner = getattr(model, plan.head), getattr(model, plan.inner)
+    device = head.weight.device
     batch = probe_batch(model, head.out_features, device)
-    base_forward = getattr(type(model), "fastact_base_class", type(model)).forward
-    signature = _signature(base_forward)
+    cls, saved = type(model), model.__dict__.get("fastact_loss_plan")
+    found: dict = {}
+
+    def capture(module, args, output):
+        # inside the model's forward: the head's weight as the forward computes with it
+        if found.pop("armed", False):
+            hidden, weight = output[0], head.weight
+            found.update(k=hidden.shape[-1], layout=head_layout(weight), dtype=weight.dtype,
+                         device=weight.device, products=_head_products(hidden, weight, head.bias))
+
     was_training = model.training
-    devices = [device] if device.type == "cuda" else []
+    # (the CUDA generator too where the weights are offloaded to the CPU)
+    devices = [device] if device.type == "cuda" else [torch.cuda.current_device()] if torch.cuda.is_initialized() \
+        else []
+    handle = inner.register_forward_hook(capture)
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             model.train()
+            model.__class__ = fused_lm_class(cls)
+            model.fastact_loss_plan = dataclasses.replace(plan, head_layout=_PROBING)
+            found["armed"] = True
             torch.manual_seed(PROBE_SEED)
-            ref = base_forward(model, **batch, return_dict=True)
+            fused = model(**batch, return_dict=True)
+            del model.fastact_loss_plan  # the fused class without a plan runs the original forward
             torch.manual_seed(PROBE_SEED)
-            arguments, extra = _split_arguments(signature, (), {k: v for k, v in batch.items() if k != "labels"})
-            arguments.pop("logits_to_keep", None)
-            arguments.pop("return_dict", None)
-            saved = getattr(model, "fastact_loss_plan", None)
-            model.fastact_loss_plan = plan
-            try:
-                outputs = _inner_call(model, arguments, extra)
-                if outputs is None:
-                    return "the probe batch has an argument the inner module does not take"
-                torch.manual_seed(PROBE_SEED)
-                fused = _fused_loss(model, (), {**batch, "return_dict": True}, signature)
-            finally:
-                if saved is None:
-                    del model.fastact_loss_plan
-                else:
-                    model.fastact_loss_plan = saved
+            with _loss_parallel(found.get("layout")):
+                ref = model(**batch, return_dict=True)
     except Exception as e:  # a model the plan cannot drive keeps its own forward
         return f"the probe forward failed: {type(e).__name__}: {e}"
     finally:
+        handle.remove()
+        model.__class__ = cls
+        model.__dict__.pop("fastact_loss_plan", None)
+        if saved is not None:
+            model.fastact_loss_plan = saved
         model.train(was_training)
-    if fused is None:
+        for module in model.modules():
+            if is_fsdp_unit(module):
+                # as before the probe: sharded parameters (an optimizer made
+                # after apply must see those, not the gathered ones)
+                module.reshard()
+    if "products" not in found or getattr(fused, "logits", None) is not None:
         return "the fused path did not run on the probe batch"
-    loss = fused[0]
     if getattr(ref, "logits", None) is None or getattr(ref, "loss", None) is None:
         return "the model's own forward returned no logits or no loss"
+    loss, ref_loss = _full(fused.loss), _full(ref.loss)
     plan.output_class = type(ref)
-    hidden = outputs[0].reshape(-1, outputs[0].shape[-1])
-    z_head64 = hidden.double() @ weight.double().t()
-    if head.bias is not None:
-        z_head64 = z_head64 + head.bias.double()
+    z_head64, magnitude_hw, bias_abs = found["products"]
     z64 = _apply_transform(z_head64, plan.logit_scale, plan.softcap)
-    theirs = ref.logits.reshape(-1, ref.logits.shape[-1]).double()
+    logits = _full(ref.logits)
+    theirs = logits.reshape(-1, logits.shape[-1]).double()
     if theirs.shape != z64.shape:
-        return f"the model's logits have shape {tuple(ref.logits.shape)}, the plan's {tuple(z64.shape)}"
-    reduced = device.type == "cuda"
-    z_bound = _logits_bound(hidden, weight, head.bias, z_head64, z64, dtype, plan.logit_scale, reduced)
+        return f"the model's logits have shape {tuple(logits.shape)}, the plan's {tuple(z64.shape)}"
+    # (the weight's dtype and device in the forward: FSDP2's mixed precision
+    # gathers it in its param_dtype, with CPU offload onto the GPU)
+    dtype, reduced = found["dtype"], found["device"].type == "cuda"
+    z_bound = _logits_bound(magnitude_hw + bias_abs, found["k"], z_head64, z64, dtype, plan.logit_scale, reduced)
     err = (theirs - z64).abs()
     if not bool((err <= z_bound).all()):
         ratio = (err / z_bound.clamp_min(1e-300)).max().item()
@@ -420,13 +595,13 @@ def prove(model: nn.Module, plan: LossPlan) -> Optional[str]:
     # The losses: each computation's logits err by at most z_bound (ours runs
     # the same matmul, plus one rounding of the scaled hidden states).
     target = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[..., 1:].reshape(-1)
-    ours_err = z_bound + (eps(dtype) * abs(plan.logit_scale) * (hidden.double().abs() @ weight.double().abs().t())
-                          if plan.logit_scale != 1.0 else 0.0)
+    ours_err = z_bound + (eps(dtype) * abs(plan.logit_scale) * magnitude_hw if plan.logit_scale != 1.0 else 0.0)
     bound_ref, _ = cross_entropy_error(z64, target.to(z64.device), torch.float32, logit_err=z_bound)
     bound_ours, _ = cross_entropy_error(z64, target.to(z64.device), torch.float32, logit_err=ours_err)
-    diff = abs(loss.double().item() - ref.loss.double().item())
+    diff = abs(loss.double().item() - ref_loss.double().item())
     bound = (bound_ref + bound_ours).item()
     if not (math.isfinite(diff) and diff <= bound):
-        return (f"the fused loss {loss.item():.6g} is not the model's {ref.loss.item():.6g} "
+        return (f"the fused loss {loss.item():.6g} is not the model's {ref_loss.item():.6g} "
                 f"(difference {diff:.3g} > bound {bound:.3g})")
+    plan.head_layout = found["layout"]
     return None
