@@ -283,14 +283,11 @@ SPECIAL = [-math.inf, -1e30, -100.0, -LIMIT - 1, -LIMIT, -LIMIT + 1e-3, -1.0, -0
 
 
 def gpt_oss_experts_glu(gate_up, alpha=1.702, limit=LIMIT):
-    """transformers' GptOssExperts: gate_up[..., ::2] and [..., 1::2]; its
-    clamps' gradient as API.md has it, ends included (torch 2.11's clamp;
+    """transformers' GptOssExperts: gate at gate_up[..., ::2], up at [..., 1::2],
+    its formula in the same order of operations (reference.clamped_swiglu),
+    its clamps' gradient as API.md has it, ends included (torch 2.11's clamp;
     2.14's passes none at the bounds, where bfloat16 inputs often land)."""
-    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
-    gate = R.clamp_ends_included(gate, max=limit)
-    up = R.clamp_ends_included(up, min=-limit, max=limit)
-    glu = gate * torch.sigmoid(gate * alpha)
-    return (up + 1) * glu
+    return R.clamped_swiglu(gate_up[..., ::2], gate_up[..., 1::2], alpha, limit)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
