@@ -9,15 +9,18 @@
 # make test-torch-matrix  the suite's quick part (CPU-only build) on each
 #                release of TORCH_MATRIX, each in its own .venv-torch-<v>
 # Both bootstrap .venv on a fresh machine (torch $(TORCH_SPEC) from PyPI;
-# e.g. make test TORCH_SPEC=torch==2.15.0 VENV=.venv-2.15 for another release).
+# e.g. make test TORCH_SPEC=torch==2.14.1 VENV=.venv-2.14 for another release).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH_SPEC ?= torch==2.14.1
-# The torch releases the extension is built and tested with (README, build_info's
-# tested_torch): the oldest supported, the pinned one, the newest.
-TORCH_MATRIX ?= 2.11.0 2.15.0
+# The pin: the newest torch release (make test, make bench, CI's CUDA build).
+TORCH_SPEC ?= torch==2.15.0
+# The releases besides the pin that the extension is built and tested with,
+# CPU-only (README, build_info's tested_torch): the oldest supported, 2.11
+# (the GPU machine's). `make test-torch-matrix TORCH_MATRIX="2.11.0 2.14.1"`
+# adds the previous pin.
+TORCH_MATRIX ?= 2.11.0
 # Where pip gets torch (empty: PyPI). CI can save the CUDA wheels' download
 # for the CPU-only matrix: TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
@@ -41,7 +44,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel ninja
 
-$(VENV)/.deps: $(BIN)/python
+# the stamp is named after the torch spec, so an existing venv gets a new pin
+DEPS := $(VENV)/.deps-$(subst =,,$(subst <,,$(subst >,,$(TORCH_SPEC))))
+$(DEPS): $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH_PIP_INDEX) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q numpy pytest expecttest matplotlib tqdm
 	touch $@
@@ -51,7 +56,7 @@ $(VENV)/.deps: $(BIN)/python
 # own stamp, named after the spec, so an existing .venv gets a new pin too)
 TRANSFORMERS_SPEC ?= transformers==5.24.0
 TF_STAMP := $(VENV)/.deps-$(subst =,,$(subst <,,$(subst >,,$(TRANSFORMERS_SPEC))))
-$(TF_STAMP): $(VENV)/.deps
+$(TF_STAMP): $(DEPS)
 	$(BIN)/python -m pip install -q "$(TRANSFORMERS_SPEC)" "accelerate>=1.0" trl
 	touch $@
 
@@ -104,7 +109,7 @@ test-torch-matrix:
 # A development install: the venv imports python/fastact in place (a .pth
 # file, as an editable install would), and builds recompile only what changed
 # (ninja, build/). Users install with `pip install --no-build-isolation .`.
-$(VENV)/.installed: $(VENV)/.deps $(TF_STAMP)
+$(VENV)/.installed: $(DEPS) $(TF_STAMP)
 	$(BIN)/python -c "import site, sys; open(site.getsitepackages()[0] + '/fastact-dev.pth', 'w').write(sys.argv[1] + '\\n')" "$(CURDIR)/python"
 	touch $@
 
@@ -122,13 +127,13 @@ bench: selfcheck
 
 # A wheel of the CPU kernels and the CUDA kernels for WHEEL_ARCHS (A100,
 # H100/H200, B200, RTX 50xx, and PTX for later GPUs), in dist/, its version
-# labeled with the torch and CUDA it was built for (0.1.0+torch2.14.1.cu130);
+# labeled with the torch and CUDA it was built for (0.1.0+torch2.15.0.cu132);
 # build parallelism: MAX_JOBS. With WHEEL_ARCHS equal to the development
 # build's archs (8.0;9.0+PTX, CI's) it reuses that build's objects (build/);
 # other archs compile in their own folder. build/lib.* is emptied first so
 # that nothing stale from an earlier build is packed.
 WHEEL_ARCHS ?= 8.0;9.0;10.0;12.0+PTX
-wheel: | $(VENV)/.deps
+wheel: | $(DEPS)
 	rm -rf build/lib.*
 	FASTACT_LOCAL_VERSION=1 TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCHS)" \
 	  $(BIN)/python -m pip wheel --no-build-isolation --no-deps -w dist .
@@ -140,7 +145,7 @@ wheel: | $(VENV)/.deps
 test-wheel:
 	PYTHON=$(BIN)/python tools/test_wheel.sh $(WHEEL)
 
-sdist: | $(VENV)/.deps
+sdist: | $(DEPS)
 	$(BIN)/python setup.py -q sdist -d dist
 	@ls -l dist/*.tar.gz
 
@@ -176,7 +181,7 @@ kernels: build
 # The C++ library for LibTorch users and its ctest, CPU-only.
 # torch's CMake config looks for the CUDA toolkit torch was built with; where
 # the toolkit lacks nvrtc, the copy in torch's nvidia wheels is used.
-cpp-test: $(VENV)/.deps
+cpp-test: $(DEPS)
 	rm -f cmake-build/CMakeCache.txt
 	cmake -S . -B cmake-build -G Ninja -DFASTACT_CUDA=OFF \
 	  -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -216,9 +217,21 @@ class BuildExt(BuildExtension):
             self.build_temp = f"{self.build_temp}-{'-'.join(sorted(suffix))}"
 
     def run(self):
+        # ninja knows a header changed by its mtime, and pip keeps a wheel's
+        # mtimes: objects built against another torch could look up to date
+        # and be linked with new ones. A torch change empties the folder.
+        stamp = os.path.join(self.build_temp, "torch_version")
+        if os.path.isdir(self.build_temp) and not self.dry_run:
+            built_for = open(stamp).read().strip() if os.path.exists(stamp) else None
+            if built_for != torch.__version__:
+                print(f"fastact: {self.build_temp} holds objects built against torch {built_for or '(unknown)'}; "
+                      f"rebuilding against {torch.__version__}")
+                shutil.rmtree(self.build_temp)
         super().run()
         if self.dry_run:
             return
+        with open(stamp, "w") as f:
+            f.write(torch.__version__ + "\n")
         for ext in self.extensions:
             record = getattr(ext, "fastact_record", None)
             if record is None:
