@@ -200,6 +200,20 @@ def test_softmax_and_mse_launches():
 
 # ---- kernel paths -----------------------------------------------------------------------
 
+def test_kernels_take_the_device_branch_of_math_h():
+    """The emulated kernels call math.h's device branch (::expf), as nvcc's
+    build does: logsigmoid's gradient at x = 88 is exp(-88) / (1 + exp(-88)),
+    a float32 subnormal (about 6e-39), where the host branch (the CPU
+    kernels' inline polynomial) flushes every result below FLT_MIN to 0."""
+    x = torch.tensor([88.0, -88.0, 20.0], requires_grad=True)
+    F.logsigmoid(x).sum().backward()
+    z = torch.exp(-x.detach().double().abs())
+    expected = torch.where(x.detach() < 0, 1.0, z) / (1 + z)
+    assert 0 < x.grad[0] < torch.finfo(torch.float32).tiny
+    # two ulps: of the normal results, and of the subnormal one (2^-149 apart)
+    torch.testing.assert_close(x.grad, expected.float(), rtol=2 * torch.finfo(torch.float32).eps, atol=2 * 2.0 ** -149)
+
+
 def test_vector_and_scalar_paths_are_both_taken():
     aligned = torch.randn(4099)
     misaligned = torch.randn(4100)[1:]

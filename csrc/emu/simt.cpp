@@ -34,6 +34,8 @@ namespace {
 
 constexpr int kMaxThreads = 1024;
 constexpr size_t kStackBytes = size_t{256} << 10;
+// the lowest page of each fiber stack is a guard (PROT_NONE): an overflow faults
+constexpr size_t kGuardBytes = 4096;
 constexpr size_t kSharedLimit = size_t{48} << 10;  // without an opt-in attribute
 
 enum class State : uint8_t { Ready, BlockBarrier, WarpBarrier, Done };
@@ -227,7 +229,7 @@ struct Runner {
   bool stacks_dirty = false;
   void unpoison_stacks() {
     for (Fiber& f : fibers)
-      if (f.stack) ASAN_UNPOISON_MEMORY_REGION(f.stack + 4096, kStackBytes - 4096);
+      if (f.stack) ASAN_UNPOISON_MEMORY_REGION(f.stack + kGuardBytes, kStackBytes - kGuardBytes);
     stacks_dirty = false;
   }
 #endif
@@ -243,7 +245,7 @@ struct Runner {
       void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                      -1, 0);
       if (p == MAP_FAILED) throw Error("fastact emulator: cannot map a fiber stack");
-      mprotect(p, 4096, PROT_NONE);  // a guard page below the stack
+      mprotect(p, kGuardBytes, PROT_NONE);  // a guard page below the stack
       f.stack = static_cast<char*>(p);
     }
     return f.stack;
@@ -271,7 +273,7 @@ void resume(Runner& r, int t) {
   threadIdx.z = static_cast<unsigned>(t) / (r.bx * r.by);
 #if FA_EMU_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, r.fibers[t].stack + 4096, kStackBytes - 4096);
+  __sanitizer_start_switch_fiber(&fake, r.fibers[t].stack + kGuardBytes, kStackBytes - kGuardBytes);
   switch_context(r.sched, r.fibers[t].ctx);
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
@@ -427,7 +429,7 @@ void run_block(Runner& r, const LaunchConfig& cfg, int64_t launch_id) {
   for (int t = 0; t < r.nthreads; ++t) {
     Fiber& f = r.fibers[t];
     char* stack = r.stack_of(t);
-    make_context(f.ctx, stack + 4096, kStackBytes - 4096, fiber_entry);
+    make_context(f.ctx, stack + kGuardBytes, kStackBytes - kGuardBytes, fiber_entry);
     f.state = State::Ready;
   }
   if (g_trace) g_trace_data.occurrence.clear();

@@ -33,6 +33,15 @@ FA_SIMD_DECL double erf(double);
 #undef FA_SIMD_DECL
 #endif
 
+// The device branch below is what nvcc compiles, and what the emulation lane
+// (FASTACT_CUDA_EMULATION: the CUDA sources built by the host compiler) runs
+// too, through the same calls (::erff, ::expf) with the host's libm behind
+// them, so the lane tests the code a GPU runs; only the device libm's own
+// rounding goes unexecuted there.
+#if defined(__CUDACC__) || defined(FASTACT_CUDA_EMULATION)
+#define FA_DEVICE_MATH 1
+#endif
+
 namespace fastact::math {
 
 FA_HD float exp(float x) { return ::expf(x); }
@@ -45,10 +54,10 @@ FA_HD float log1p(float x) { return ::log1pf(x); }
 FA_HD double log1p(double x) { return ::log1p(x); }
 FA_HD float tanh(float x) { return ::tanhf(x); }
 FA_HD double tanh(double x) { return ::tanh(x); }
-#if defined(__CUDACC__)
+#if defined(FA_DEVICE_MATH)
 FA_HD float erf(float x) { return ::erff(x); }
 #else
-// On the host, float erf is a rational function of x on [-4, 4] (Eigen's
+// On the host (the CPU kernels), float erf is a rational function of x on [-4, 4] (Eigen's
 // generic_fast_erf_float; |error| <= 4.5e-7, below torch's own gelu error
 // except far below -3, where 1 + erf cancels in every form): a dozen FMAs
 // and a division that vectorize inline, where libmvec's erff is a call that
@@ -83,7 +92,7 @@ FA_HD double erf(double x) { return ::erf(x); }
 // n * ln2_hi exact). Results below FLT_MIN (x < -87.3) are 0 instead of
 // subnormal: next to the sum's exp(0) = 1 they are far below its ulp. NaN
 // propagates (x - max of an infinite max).
-#if defined(__CUDACC__)
+#if defined(FA_DEVICE_MATH)
 FA_HD float exp_nonpositive(float x) { return ::expf(x); }
 #else
 inline float exp_nonpositive(float x) {
