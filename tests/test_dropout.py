@@ -284,7 +284,7 @@ def test_mask_matches_philox_reference():
         want = torch.tensor([(_philox4x32_10(seed, offset, i >> 2)[i & 3] >> 8) / 16777216.0 >= p
                              for i in range(n)])
         assert torch.equal(F.dropout_mask((n,), p, seed, offset), want)
-        # a misaligned input takes the kernels' scalar path: the same draws
+        # a misaligned input takes the kernels' staged path: the same draws
         rng = torch.tensor([seed, offset], dtype=torch.int64)
         misaligned = torch.ones(n + 1)[1:]
         assert torch.equal(torch.ops.fastact.dropout(misaligned, p, rng) != 0, want)

@@ -218,7 +218,12 @@ def test_vector_and_scalar_paths_are_both_taken():
     aligned = torch.randn(4099)
     misaligned = torch.randn(4100)[1:]
     assert "elementwise_kernel<kVec" in _count(lambda: F.gelu(aligned))[0]
-    assert "elementwise_kernel<1" in _count(lambda: F.gelu(misaligned))[0]
+    # a misaligned operand, or rows that are not whole vectors: the staged path
+    assert "elementwise_staged_kernel<kVec" in _count(lambda: F.gelu(misaligned))[0]
+    assert "elementwise_staged_kernel<kVec" in _count(lambda: OPS.swiglu_packed(torch.randn(8, 2 * 333), -1))[0]
+    # paired operands (interleaved GLU along the last dim) and narrow rows: one element per step
+    assert "elementwise_kernel<1" in _count(lambda: OPS.swiglu_packed(torch.randn(8, 2 * 333), -1, True))[0]
+    assert "elementwise_kernel<1" in _count(lambda: OPS.swiglu_packed(torch.randn(8, 2 * 5), -1))[0]
     rows = torch.randn(8, 1001)  # rows that are not whole vectors: scalar heads and tails per row
     assert "softmax_kernel<kVec" in _count(lambda: F.softmax(rows, -1))[0]
     shifted = torch.randn(8 * 1001 + 1)[1:].view(8, 1001)  # contiguous, not 16-byte aligned
@@ -236,6 +241,25 @@ def test_split_rows_follow_the_multiprocessor_count():
     _count(lambda: F.cross_entropy(x, t))
     grid_h100 = emu.report()["launches"][0]["grid"]
     assert grid_few[1] < grid_h100[1], (grid_few, grid_h100)
+
+
+def test_elementwise_grid_is_one_wave_from_occupancy():
+    # blocks of 256 threads: the emulator's stand-in for the occupancy
+    # calculator holds 2048 / 256 = 8 of them per multiprocessor
+    emu.configure(multiprocessors=3)
+    big = torch.randn(3 * 8 * 256 * 4 * 5)  # five waves' worth of float4 vectors
+    _count(lambda: OPS.silu(big))
+    assert emu.report()["launches"][0]["grid"][0] == 3 * 8
+    _count(lambda: OPS.silu(big[1:]))  # staged: one chunk of 32 vectors per warp, 8 warps a block
+    assert emu.report()["launches"][0]["grid"][0] == 3 * 8
+    small = torch.randn(5 * 256 * 4)  # fewer vectors than a wave: one thread each
+    _count(lambda: OPS.silu(small))
+    assert emu.report()["launches"][0]["grid"][0] == 5
+    _count(lambda: OPS.silu(small[1:]))
+    assert emu.report()["launches"][0]["grid"][0] == 5  # 40 chunks of 128 floats, one per warp
+    emu.configure(multiprocessors=132)
+    _count(lambda: OPS.silu(big))
+    assert emu.report()["launches"][0]["grid"][0] == 3 * 8 * 5
 
 
 # ---- memory traffic and coalescing ------------------------------------------------------
@@ -338,15 +362,132 @@ def test_cross_entropy_traffic(rows, classes):
     torch.testing.assert_close(z, OPS.cross_entropy_rows_backward(grad, x, t, None, lse, -100, 0.0, 0.0, 0.0))
 
 
+def _shifted(*shape):
+    """A contiguous tensor whose data starts 4 bytes past a 16-byte boundary."""
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.randn(n + 1)[1:].view(shape)
+
+
+def _sector_efficiency(rep):
+    sectors = sum(s["sectors"] for l in rep["launches"] for s in l["sites"])
+    minimum = sum(s["min_sectors"] for l in rep["launches"] for s in l["sites"])
+    return minimum / sectors
+
+
+def _odd_cases():
+    """Operands the vector path cannot take (x[1:] of a contiguous tensor,
+    rows of 1001 and the packed GLU halves of an odd width, a bias broadcast
+    over such rows), with the kernel each launches."""
+    x = _shifted(37, 1001)
+    dy = torch.randn(37, 1001)
+    packed = torch.randn(37, 2 * 1001)
+    b = torch.randn(1001)
+    seed = torch.tensor([1, 4])
+    return {
+        "silu(x[1:])": (lambda: OPS.silu(x), dict(x=x)),
+        "silu backward": (lambda: OPS.silu_backward(dy, x), dict(x=x, dy=dy)),
+        "silu_(x[1:])": (lambda: OPS.silu_(_shifted(37, 1001)), {}),
+        "dropout(x[1:])": (lambda: OPS.dropout(x, 0.3, seed), dict(x=x)),
+        "dropout_add": (lambda: OPS.dropout_add(x, dy, 0.3, seed), dict(x=x, dy=dy)),
+        "bias_dropout_add 37 x 1001": (lambda: OPS.bias_dropout_add(dy, b, x, 0.3, seed), dict(x=x, dy=dy)),
+        "swiglu packed 37 x 2*1001": (lambda: OPS.swiglu_packed(packed, -1), dict(packed=packed)),
+        "swiglu packed backward": (lambda: OPS.swiglu_packed_backward(dy, packed, -1), dict(packed=packed, dy=dy)),
+        "swiglu two tensors x[1:]": (lambda: OPS.swiglu(x, dy), dict(x=x, dy=dy)),
+    }
+
+
+ODD_CASES = ["silu(x[1:])", "silu backward", "silu_(x[1:])", "dropout(x[1:])", "dropout_add",
+             "bias_dropout_add 37 x 1001", "swiglu packed 37 x 2*1001", "swiglu packed backward",
+             "swiglu two tensors x[1:]"]
+
+
+@pytest.mark.parametrize("case", ODD_CASES)
+def test_misaligned_and_odd_width_traffic(case):
+    # every warp access touches only the sectors its bytes need, every input
+    # byte is read once
+    fn, regions = _odd_cases()[case]
+    rep = _traffic(fn, **regions)
+    assert [l["kernel"].split("<")[0] for l in rep["launches"]] == ["elementwise_staged_kernel"], rep["launches"]
+    assert _sector_efficiency(rep) == 1.0, [(s["where"], s["sectors"], s["min_sectors"])
+                                            for l in rep["launches"] for s in l["sites"]]
+    _coalesced(rep)
+    for name, t in regions.items():  # (a region is the whole storage: x[1:] leaves its first element)
+        g = rep["regions"][name]
+        assert g["max_reads"] == 1 and g["read_bytes"] == t.numel() * t.element_size(), (name, g)
+        assert g["write_bytes"] == 0, (name, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_staged_path_is_the_vector_path(dtype):
+    # the same values, bit for bit, whichever path an element takes: the
+    # staged path (misaligned, rows of 1001) against the vector path (an
+    # aligned flat copy), for an op, its backward, dropout's draws and a GLU
+    x = _shifted(37, 1001).to(dtype)
+    dy = torch.randn(37, 1001, dtype=dtype)
+    xa, seed = x.clone(), torch.tensor([7, 12])
+    assert torch.equal(OPS.gelu(x, "tanh"), OPS.gelu(xa, "tanh"))
+    assert torch.equal(OPS.gelu_backward(dy, x, "tanh"), OPS.gelu_backward(dy, xa, "tanh"))
+    assert torch.equal(OPS.dropout(x, 0.3, seed), OPS.dropout(xa, 0.3, seed))
+    ones = torch.ones(37, 1001, dtype=dtype)
+    kept = OPS.dropout(ones.view(-1), 0.3, seed).view(37, 1001) != 0  # the flat vector path's mask
+    b = torch.zeros(1001, dtype=dtype)
+    assert torch.equal(OPS.bias_dropout_add(ones, b, torch.zeros_like(ones), 0.3, seed) != 0, kept)
+    packed = torch.randn(37, 2 * 1001, dtype=dtype)
+    gate, up = packed[:, :1001].contiguous(), packed[:, 1001:].contiguous()
+    assert torch.equal(OPS.swiglu_packed(packed, -1), OPS.swiglu(gate, up))
+    d_gate, d_up = OPS.swiglu_backward(dy, gate, up)
+    assert torch.equal(OPS.swiglu_packed_backward(dy, packed, -1), torch.cat([d_gate, d_up], -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_weighted_cross_entropy_traffic(dtype, smoothing):
+    # class weights: one vector load per vector of logits (coalesced, every
+    # sector used). Rows of whole 32-byte sectors: the row walk's vector steps
+    # start on the row's 16-byte boundaries, so the logits of a row starting
+    # 16 bytes past a sector touch one sector more per warp access.
+    rows, classes = 16, 1000 if dtype == torch.float32 else 1008
+    x = torch.randn(rows, classes, dtype=dtype)
+    t = torch.randint(0, classes, (rows,))
+    w = torch.rand(classes) + 0.5
+    args = (w, -100, smoothing, 0.0, 0.0)
+    rep = _traffic(lambda: OPS.cross_entropy_rows(x, t, *args), x=x, w=w)
+    assert _sector_efficiency(rep) == 1.0
+    _coalesced(rep, per_row_gathers=rows)
+    loss, lse = OPS.cross_entropy_rows(x, t, *args)
+    grad = torch.ones(rows)
+    rep = _traffic(lambda: OPS.cross_entropy_rows_backward(grad, x, t, w, lse, *args[1:]), x=x, w=w)
+    assert _sector_efficiency(rep) == 1.0
+    _coalesced(rep)
+    _once(rep, "x")
+    # probability targets
+    y = torch.softmax(torch.randn(rows, classes), 1).to(dtype)
+    rep = _traffic(lambda: OPS.cross_entropy_rows(x, y, *args), x=x, w=w, y=y)
+    assert _sector_efficiency(rep) == 1.0
+    _coalesced(rep)
+    loss, lse = OPS.cross_entropy_rows(x, y, *args)
+    rep = _traffic(lambda: OPS.cross_entropy_rows_backward(grad, x, y, w, lse, *args[1:]), x=x, w=w)
+    assert _sector_efficiency(rep) == 1.0
+    _coalesced(rep)
+
+
 def test_traffic_report_for_the_readme(capsys):
-    """Prints each kernel's bytes and sector efficiency (the README quotes them)."""
+    """Prints each kernel's bytes and sector efficiency (the README quotes
+    them): 100 %, also misaligned, at an odd width and with class weights."""
     x = torch.randn(64, 4096)
     t = torch.randint(0, 4096, (64,))
+    shifted, odd, w = _shifted(64, 4096), torch.randn(64, 2 * 4095), torch.rand(4096)
     cases = {
         "silu forward": lambda: OPS.silu(x),
+        "silu forward x[1:]": lambda: OPS.silu(shifted),
         "swiglu packed forward": lambda: OPS.swiglu_packed(x, -1),
+        "swiglu packed 2*4095": lambda: OPS.swiglu_packed(odd, -1),
         "dropout": lambda: OPS.dropout(x, 0.1, torch.tensor([1, 4])),
+        "dropout x[1:]": lambda: OPS.dropout(shifted, 0.1, torch.tensor([1, 4])),
         "cross_entropy forward": lambda: OPS.cross_entropy_rows(x, t, None, -100, 0.0, 0.0, 0.0),
+        "CE weighted, smoothed": lambda: OPS.cross_entropy_rows(x, t, w, -100, 0.1, 0.0, 0.0),
         "softmax forward": lambda: OPS.softmax_rows(x, False),
         "mse sum": lambda: OPS.squared_difference_sum(x, x),
     }
@@ -363,6 +504,7 @@ def test_traffic_report_for_the_readme(capsys):
                 print(f"  {label:24s} {l['kernel'].split('<')[0]:24s} read {rd:>9d} B  write {wr:>9d} B  "
                       f"sectors {sec:>7d} (min {mn}, {eff:.1%})")
             _coalesced(rep)
+            assert _sector_efficiency(rep) == 1.0, label
 
 
 def test_launch_table_for_the_log(capsys):
@@ -393,14 +535,6 @@ def test_launch_table_for_the_log(capsys):
         print(f"  {'cross_entropy 4 x 131075':28s} {len(fwd)} {[k.split('<')[0] for k in fwd]} | {len(bwd)} "
               f"{[k.split('<')[0] for k in bwd]}   (split rows: forward + merge)")
         assert len(fwd) == 2 and len(bwd) == 1
-
-
-def _shifted(*shape):
-    """A contiguous tensor whose data starts 4 bytes past a 16-byte boundary."""
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.randn(n + 1)[1:].view(shape)
 
 
 def test_scalar_paths_of_the_row_kernels():

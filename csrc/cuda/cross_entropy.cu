@@ -42,6 +42,25 @@ __device__ __forceinline__ A weight_of(const A* w, int64_t c FA_SITE) {
   return w ? gload(w + c FA_SITE_ARG) : A(1);
 }
 
+// The class weights of columns [c, c + N) of a vector step (all 1 without
+// weights): one N-wide load where w + c is aligned for it (the steps start
+// on the logits row's 16-byte boundaries: with rows of whole vectors, the
+// weights' too), else N scalar loads.
+template <int N, class A>
+__device__ __forceinline__ VecOf<A, N> weights_of(const A* w, int64_t c FA_SITE) {
+  VecOf<A, N> o;
+  if (w == nullptr) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) o.v[j] = A(1);
+  } else if (N > 1 && reinterpret_cast<uintptr_t>(w + c) % sizeof(VecOf<A, N>) == 0) {
+    o = gload(reinterpret_cast<const VecOf<A, N>*>(w + c) FA_SITE_ARG);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) o.v[j] = gload(w + c + j FA_SITE_ARG);
+  }
+  return o;
+}
+
 // The reference the weighted sums are relative to: the running max while it
 // is finite (a leading -inf or a NaN leaves it at 0).
 template <class A>
@@ -110,18 +129,19 @@ __global__ void __launch_bounds__(kThreads)
     if (!weighted_sum) return;
     wz = rebase(wz, o, m_before, pair.m);
     const A ref = ce_ref(pair.m);
+    const VecOf<A, N> wv = weights_of<N>(in.w, c);
     if (p.prob_target) {
       const VecOf<S, N> yv = load_vec<N>(yr + c);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const A o_j = weight_of(in.w, c + j) * (keep * static_cast<A>(yv.v[j]) + spread);
+        const A o_j = wv.v[j] * (keep * static_cast<A>(yv.v[j]) + spread);
         o += o_j;
         wz += o_j * (z[j] - ref);
       }
     } else {
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const A o_j = weight_of(in.w, c + j);
+        const A o_j = wv.v[j];
         o += o_j;
         wz += o_j * (z[j] - ref);
       }
@@ -199,11 +219,12 @@ __global__ void __launch_bounds__(kThreads)
   for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
+    const VecOf<A, N> wv = weights_of<N>(in.w, c);
     VecOf<S, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const A z = ce_cap(static_cast<A>(xv.v[j]), cap);
-      A dz = a * ::fastact::math::exp((z - l.hi) - l.lo) - b * weight_of(in.w, c + j);
+      A dz = a * ::fastact::math::exp((z - l.hi) - l.lo) - b * wv.v[j];
       if (c + j == t) dz -= tt;
       if (cap > A(0)) dz *= A(1) - (z / cap) * (z / cap);
       out.v[j] = static_cast<S>(dz);
@@ -227,8 +248,9 @@ __global__ void __launch_bounds__(kThreads)
   for_each_in_span<VEC>(yr, 0, C, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> yv = load_vec<N>(yr + c);
+    const VecOf<A, N> wv = weights_of<N>(in.w, c);
 #pragma unroll
-    for (int j = 0; j < N; ++j) part += weight_of(in.w, c + j) * (keep * static_cast<A>(yv.v[j]) + spread);
+    for (int j = 0; j < N; ++j) part += wv.v[j] * (keep * static_cast<A>(yv.v[j]) + spread);
   });
   const A sum_wy = block_sum(part);
   const A cap = p.softcap;
@@ -239,12 +261,13 @@ __global__ void __launch_bounds__(kThreads)
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
     const VecOf<S, N> yv = load_vec<N>(yr + c);
+    const VecOf<A, N> wv = weights_of<N>(in.w, c);
     VecOf<S, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const A z = ce_cap(static_cast<A>(xv.v[j]), cap);
       const A y = keep * static_cast<A>(yv.v[j]) + spread;
-      A dz = g * (coef * ::fastact::math::exp((z - l.hi) - l.lo) - weight_of(in.w, c + j) * y);
+      A dz = g * (coef * ::fastact::math::exp((z - l.hi) - l.lo) - wv.v[j] * y);
       if (cap > A(0)) dz *= A(1) - (z / cap) * (z / cap);
       out.v[j] = static_cast<S>(dz);
     }

@@ -6,7 +6,8 @@
 // device only through what this header defines:
 //   FA_LAUNCH(grid, block, smem, stream, kernel<...>)(args...)  a launch
 //   DeviceGuard, current_stream(), multiprocessor_count()       host state
-//   gload(p) / gstore(p, v)                                     global memory
+//   blocks_per_multiprocessor(kernel, threads, smem)            occupancy
+//   gload(p) / gstore(p, v), gload_if / gstore_if (predicated)  global memory
 //   FA_SHARED(T, name, N)                                       T name[N] in shared memory
 //   FA_DEVICE_ASSERT(cond, msg)                                 a device-side assert
 //   PhiloxState, philox_state(like, gen), philox_unpack(state)  the generator's stream
@@ -19,7 +20,9 @@
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <tuple>
@@ -83,8 +86,15 @@ struct DeviceGuard {
 };
 inline Stream current_stream() { return 0; }
 inline int multiprocessor_count() { return fastact_emu_multiprocessors(); }
+// The emulator's stand-in for the occupancy calculator: an sm_90
+// multiprocessor's thread, block and shared-memory limits (simt.cpp).
+template <class... P>
+int blocks_per_multiprocessor(void (*)(P...), int threads, size_t smem) {
+  return fastact_emu_blocks_per_multiprocessor(threads, smem);
+}
 
-// FA_SITE, FA_SHARED, FA_DEVICE_ASSERT, gload and gstore: emu/simt.h.
+// FA_SITE, FA_SHARED, FA_DEVICE_ASSERT, gload, gstore, gload_if and
+// gstore_if: emu/simt.h.
 
 // The CUDA generator's per-call (seed, offset), stood in for by the CPU
 // generator: torch.manual_seed replays it, every call gets a fresh offset
@@ -114,6 +124,26 @@ inline int multiprocessor_count() {
   return count[dev];
 }
 
+// How many blocks of `kernel` (`threads` threads, `smem` bytes of dynamic
+// shared memory) one multiprocessor of the current device holds at once:
+// the occupancy calculator's answer (registers, shared memory, block
+// limits), asked once per kernel, configuration and device.
+template <class... P>
+int blocks_per_multiprocessor(void (*kernel)(P...), int threads, size_t smem) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int, size_t>, int> cache;
+  const int dev = c10::cuda::current_device();
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, threads, smem);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+    it = cache.emplace(key, std::max(blocks, 1)).first;
+  }
+  return it->second;
+}
+
 #define FA_SITE
 #define FA_SITE_ARG
 #define FA_SHARED(T, name, N) __shared__ T name[N]
@@ -127,6 +157,17 @@ __device__ __forceinline__ T gload(const T* p) {
 template <class T>
 __device__ __forceinline__ void gstore(T* p, const T& v) {
   *p = v;
+}
+
+// Predicated forms (the emulator counts the lanes that skip them).
+template <class T>
+__device__ __forceinline__ void gload_if(bool on, const T* p, T& v) {
+  if (on) v = *p;
+}
+
+template <class T>
+__device__ __forceinline__ void gstore_if(bool on, T* p, const T& v) {
+  if (on) *p = v;
 }
 
 // The graph-safe Philox state of the CUDA generator, advanced for one call

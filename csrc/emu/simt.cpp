@@ -654,10 +654,9 @@ void check_alignment(const void* p, size_t align, const std::source_location& si
   device_trap(s.str().c_str(), site.file_name(), static_cast<int>(site.line()));
 }
 
-void record_access(const void* p, size_t bytes, bool store, const std::source_location& site) {
-  Runner& r = *t_runner;
-  std::lock_guard<std::mutex> lock(g_mutex);
-  Trace& tr = g_trace_data;
+namespace {
+// The trace's id of a load or store site (registered at its first use).
+int site_id(Trace& tr, size_t bytes, bool store, const std::source_location& site) {
   const auto key = std::make_tuple(site.file_name(), site.line(), site.column(), store, bytes);
   auto it = tr.site_ids.find(key);
   if (it == tr.site_ids.end()) {
@@ -670,7 +669,15 @@ void record_access(const void* p, size_t bytes, bool store, const std::source_lo
     s.width = bytes;
     tr.sites.push_back(s);
   }
-  const int id = it->second;
+  return it->second;
+}
+}  // namespace
+
+void record_access(const void* p, size_t bytes, bool store, const std::source_location& site) {
+  Runner& r = *t_runner;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  Trace& tr = g_trace_data;
+  const int id = site_id(tr, bytes, store, site);
   SiteStats& s = tr.sites[id];
   s.accesses += 1;
   s.bytes += bytes;
@@ -687,6 +694,14 @@ void record_access(const void* p, size_t bytes, bool store, const std::source_lo
     (store ? g.write_bytes : g.read_bytes) += hi - lo;
     (store ? tr.region_bytes[i].second : tr.region_bytes[i].first) += hi - lo;
   }
+}
+
+void skip_access(size_t bytes, bool store, const std::source_location& site) {
+  Runner& r = *t_runner;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  Trace& tr = g_trace_data;
+  const int id = site_id(tr, bytes, store, site);
+  ++tr.occurrence[(static_cast<uint64_t>(r.current) << 32) | static_cast<uint32_t>(id)];
 }
 
 }  // namespace fastact::emu
@@ -758,6 +773,16 @@ void fastact_emu_configure(int multiprocessors, int order, uint64_t seed) {
 }
 
 int fastact_emu_multiprocessors() { return g_settings.multiprocessors; }
+
+int fastact_emu_blocks_per_multiprocessor(int threads, uint64_t dynamic_smem) {
+  // an sm_90 multiprocessor: 2048 threads, 32 blocks, 227 KB of shared
+  // memory (registers and static shared arrays are not modelled)
+  constexpr int kThreads = 2048, kBlocks = 32;
+  constexpr uint64_t kShared = 227u << 10;
+  int blocks = std::min(kBlocks, kThreads / std::max(threads, 1));
+  if (dynamic_smem > 0) blocks = std::min<int>(blocks, static_cast<int>(kShared / dynamic_smem));
+  return std::max(blocks, 1);
+}
 
 const char* fastact_emu_report() {
   std::lock_guard<std::mutex> lock(g_mutex);

@@ -87,6 +87,10 @@ void* shared_array(void** slot, size_t bytes, size_t align);
 [[noreturn]] void device_trap(const char* what, const char* file, int line);
 void check_alignment(const void* p, size_t align, const std::source_location& site);
 void record_access(const void* p, size_t bytes, bool store, const std::source_location& site);
+// A predicated-off lane's turn at a load or store site: it takes part in the
+// warp's instruction (the trace groups lanes by their count of accesses at a
+// site) without touching memory.
+void skip_access(size_t bytes, bool store, const std::source_location& site);
 extern bool g_trace;  // set while a trace is on
 
 }  // namespace fastact::emu
@@ -170,6 +174,27 @@ inline void gstore(T* p, const T& v FA_SITE) {
   if (emu::g_trace) emu::record_access(p, sizeof(T), true, fa_site);
   *p = v;
 }
+
+// Predicated forms: a lane with `on` false skips the access but still takes
+// part in the warp's instruction, so the trace groups the lanes of one
+// partial (head or tail) access together.
+template <class T>
+inline void gload_if(bool on, const T* p, T& v FA_SITE) {
+  if (on) {
+    v = gload(p FA_SITE_ARG);
+  } else if (emu::g_trace) {
+    emu::skip_access(sizeof(T), false, fa_site);
+  }
+}
+
+template <class T>
+inline void gstore_if(bool on, T* p, const T& v FA_SITE) {
+  if (on) {
+    gstore(p, v FA_SITE_ARG);
+  } else if (emu::g_trace) {
+    emu::skip_access(sizeof(T), true, fa_site);
+  }
+}
 }  // namespace fastact
 
 // ---- host-side controls (C ABI, for ctypes from the tests) -------------------
@@ -190,4 +215,6 @@ const char* fastact_emu_coverage();
 // and the seed of the shuffles.
 void fastact_emu_configure(int multiprocessors, int order, uint64_t seed);
 int fastact_emu_multiprocessors();
+// The host's stand-in for cudaOccupancyMaxActiveBlocksPerMultiprocessor.
+int fastact_emu_blocks_per_multiprocessor(int threads, uint64_t dynamic_smem);
 }
