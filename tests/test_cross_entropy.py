@@ -175,7 +175,8 @@ def _check_rows(rows, classes, kind, dtype, device):
     else:
         if w is not None:
             kw["weight"] = w.double()
-        a64, ga64, _, _ = both(x.double(), t.double() if kind == "prob" else t, reduction="none", **kw)
+        t64 = t.double() if t.is_floating_point() else t
+        a64, ga64, _, _ = both(x.double(), t64, g.double(), reduction="none", **kw)
         # the loss is rounded to bf16 at the end: a flip of one bf16 ulp
         # (2^-7 relative) against torch's rounding is allowed
         ulp = 2.0 ** -7 * a64.abs().max()

@@ -78,9 +78,11 @@ __device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
 template <int LANES>
 struct RowTeam {
   static_assert(LANES == kRowThreads || (LANES <= 32 && (LANES & (LANES - 1)) == 0), "a lane group or the block");
-  static constexpr int kLanes = LANES;
   static constexpr int kRowsPerBlock = kRowThreads / LANES;
   __device__ static int rank() { return LANES == kRowThreads ? threadIdx.x : threadIdx.x % LANES; }
+  // The block's size read at run time (always kRowThreads): with the
+  // constant, ptxas spills in some double instantiations of the block kernels.
+  __device__ static int size() { return LANES == kRowThreads ? blockDim.x : LANES; }
   // The row of this thread: the block's first row plus its group.
   __device__ static int64_t row() {
     return static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (LANES == kRowThreads ? 0 : threadIdx.x / LANES);
@@ -122,7 +124,7 @@ __device__ __forceinline__ void for_each_in_span(const S* row, int64_t lo, int64
     head = head < hi ? head : hi;
     body = head + (hi - head) / VEC * VEC;
   }
-  const int64_t tid = Team::rank(), nt = Team::kLanes;
+  const int64_t tid = Team::rank(), nt = Team::size();
   for (int64_t c = lo + tid; c < head; c += nt) f(c, std::integral_constant<int, 1>{});
   if constexpr (VEC > 1) {
 #pragma unroll 2

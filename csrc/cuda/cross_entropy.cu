@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(kThreads)
   const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
   A part = 0;
   if (partial) {
-    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::kLanes) part += gload(partial + k * p.rows + r);
+    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::size()) part += gload(partial + k * p.rows + r);
   } else {
     part = target_mass<VEC, Team, S, A>(in, p, yr, rs.lo, rs.hi);
   }

@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
   S* yr = y + rs.row * C;
   OnlineLse<A> part;
   if (partial) {
-    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::kLanes) part.merge(gload(partial + k * rows + rs.row));
+    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::size()) part.merge(gload(partial + k * rows + rs.row));
   } else {
     part = fold_lse<VEC, Team, S, A>(xr, rs.lo, rs.hi);
   }
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
   const S* yr = y + off;
   A part = 0;
   if (partial) {
-    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::kLanes) part += gload(partial + k * rows + rs.row);
+    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::size()) part += gload(partial + k * rows + rs.row);
   } else {
     part = fold_grad_dot<VEC, Team, S, A>(dyr, yr, rs.lo, rs.hi, log);
   }
