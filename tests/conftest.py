@@ -5,6 +5,8 @@ CUDA; without one the CUDA cases are reported as skipped.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -50,14 +52,17 @@ def pytest_terminal_summary(terminalreporter):
     write(f"CUDA kernel variants launched on the emulator: {len(rows)}")
     kernels = {}
     for kernel, params, count in rows:
-        k = kernels.setdefault(kernel, [0, set()])
+        k = kernels.setdefault(kernel, [0, set(), set()])
         k[0] += count
         # the first dtype named in the parameters is the data's (CE kernels also take double* lse)
         found = [(params.find(d), d) for d in ("c10::BFloat16", "c10::Half", "double", "float") if d in params]
         dtype = min(found)[1] if found else ""
         k[1].add(dtype.replace("c10::", ""))
-    for kernel, (count, dtypes) in sorted(kernels.items()):
-        write(f"  {kernel:60s} {count:8d} launches  {', '.join(sorted(d for d in dtypes if d))}")
+        # the row kernels' team parameter: threads per row (lane groups, or 256: a block)
+        k[2].update(int(n) for n in re.findall(r"RowTeam<(\d+)>", params))
+    for kernel, (count, dtypes, teams) in sorted(kernels.items()):
+        lanes = f"  lanes per row {', '.join(map(str, sorted(teams)))}" if teams else ""
+        write(f"  {kernel:60s} {count:8d} launches  {', '.join(sorted(d for d in dtypes if d))}{lanes}")
 
 
 @pytest.fixture(params=DEVICES)

@@ -156,23 +156,47 @@ def test_masked_vocabulary_padding(device):
 def test_few_rows_large_vocabulary(kind, dtype, device):
     # few rows and a large, odd vocabulary: on CUDA each row is split over
     # several blocks whose partial (max, sum) pairs are merged
-    v = 131075
-    x, t = make((6,), v, device, dtype=dtype, prob=kind == "prob")
-    w = torch.rand(v, device=device, dtype=dtype) if kind == "weight-smooth" else None
+    _check_rows(6, 131075, kind, dtype, device)
+
+
+def _check_rows(rows, classes, kind, dtype, device):
+    """Loss and gradient of [rows, classes] (reduction "none", random loss
+    gradient) against float64: float32 within cross_entropy_error's bounds,
+    bfloat16 within twice torch's error. kind: "index" (with "-ignore": every
+    third row ignored), "weight-smooth" (class weights, label smoothing 0.1),
+    "prob" (class-probability targets, with "-weight-smooth" as above)."""
+    x, t = make((rows,), classes, device, dtype=dtype, ignore="ignore" in kind, prob=kind.startswith("prob"))
+    w = torch.rand(classes, device=device, dtype=dtype) if "weight" in kind else None
     kw = dict(weight=w, label_smoothing=0.1) if w is not None else {}
-    g = torch.randn(6, device=device, dtype=dtype)
+    g = torch.randn(rows, device=device, dtype=dtype)
     a, ga, b, gb = both(x, t, g, reduction="none", **kw)
     if dtype == torch.float32:
         assert_near_float64(x, t, a, ga, g, reduction="none", **kw)
     else:
         if w is not None:
             kw["weight"] = w.double()
-        a64, ga64, _, _ = both(x.double(), t.double() if kind == "prob" else t, reduction="none", **kw)
+        t64 = t.double() if t.is_floating_point() else t
+        a64, ga64, _, _ = both(x.double(), t64, g.double(), reduction="none", **kw)
         # the loss is rounded to bf16 at the end: a flip of one bf16 ulp
         # (2^-7 relative) against torch's rounding is allowed
         ulp = 2.0 ** -7 * a64.abs().max()
         assert (a.double() - a64).abs().max() <= 2 * (b.double() - a64).abs().max() + ulp
         assert (ga.double() - ga64).abs().max() <= 2 * (gb.double() - ga64).abs().max()
+
+
+# One shape per launch plan of the CUDA row kernels (csrc/cuda/row_launch.cuh;
+# tests/test_emulation.py checks the plan each takes on the emulated device):
+# rows of 4, 8, 16 and 32 lanes of a warp (a partly filled last block), a
+# block per row, rows split over blocks; class counts that are not multiples
+# of the warp or of the vector width.
+ROW_PLAN_SHAPES = [(130, 13), (20, 27), (20, 61), (9, 1001), (3, 4500), (2, 20001)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["index-ignore", "weight-smooth", "prob-weight-smooth"])
+@pytest.mark.parametrize("rows,classes", ROW_PLAN_SHAPES, ids=str)
+def test_row_launch_plans(rows, classes, kind, dtype, device):
+    _check_rows(rows, classes, kind, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)

@@ -43,6 +43,8 @@ PLANTED = {
     "vector_walk": "correct",
     "block_sum_missing_syncthreads": "bug",
     "warp_sum_wrong_shuffle_offset": "bug",
+    "group_sum": "correct",
+    "group_sum_crosses_groups": "bug",
     "vector_tail_off_by_one": "bug",
     "vector_head_ignores_misalignment": "bug",
     "divergent_syncthreads": "bug",
@@ -178,12 +180,15 @@ def test_cross_entropy_launches(rows, classes, split):
     names = [k.split("<")[0] for k in fwd]
     assert names == (["ce_forward_kernel", "ce_merge_kernel"] if split else ["ce_forward_kernel"]), fwd
     assert [k.split("<")[0] for k in bwd] == ["ce_backward_index_kernel"], bwd
-    # class-probability targets: one block per row each way
+    # class-probability targets: split rows take a first pass each way (the
+    # forward's merge, the backward's partial target sums)
     y = torch.softmax(torch.randn(rows, classes), 1)
     box = {}
     fwd = _count(lambda: box.setdefault("loss", F.cross_entropy(x, y)))
     bwd = _count(lambda: box["loss"].backward())
-    assert len(fwd) == (2 if split else 1) and [k.split("<")[0] for k in bwd] == ["ce_backward_prob_kernel"]
+    assert len(fwd) == (2 if split else 1)
+    assert [k.split("<")[0] for k in bwd] == (["ce_backward_prob_partial_kernel"] if split else []) + \
+        ["ce_backward_prob_kernel"], bwd
 
 
 def test_softmax_and_mse_launches():
@@ -260,6 +265,116 @@ def test_elementwise_grid_is_one_wave_from_occupancy():
     emu.configure(multiprocessors=132)
     _count(lambda: OPS.silu(big))
     assert emu.report()["launches"][0]["grid"][0] == 3 * 8 * 5
+
+
+# ---- row kernel plans ---------------------------------------------------------------------
+# The row kernels' host code picks a plan per shape (csrc/cuda/row_launch.cuh):
+# lane groups of 4 to 32 lanes per short row, a block per row, or blocks over
+# spans of rows too few to fill the GPU. emu.row_plan reads the plan of any
+# shape; the tests below check it is what the kernels launch at shapes the
+# emulator runs, then assert the plans of shapes too big to run.
+
+def _team(params: str):
+    """The threads per row of a row kernel variant (its RowTeam<LANES> parameter)."""
+    m = re.search(r"RowTeam<(\d+)>", params)
+    return int(m.group(1)) if m else None
+
+
+def _launched(fn):
+    """fn's launch records, and the row teams of the kernel variants it launched."""
+    before = {(k, p): n for k, p, n in emu.coverage()}
+    emu.reset()
+    fn()
+    teams = {_team(p) for k, p, n in emu.coverage() if n > before.get((k, p), 0)} - {None}
+    return emu.report()["launches"], teams
+
+
+def _row_kernel_calls(rows, classes, dtype):
+    """label -> (call of the op, whether its plan is the elementwise one)."""
+    x = torch.randn(rows, classes, dtype=dtype)
+    t = torch.randint(0, classes, (rows,))
+    p = torch.softmax(torch.randn(rows, classes), 1).to(dtype)
+    g = torch.randn(rows, classes, dtype=dtype)
+    y = torch.softmax(x.float(), 1).to(dtype)
+    opts = (-100, 0.0, 0.0, 0.0)
+    lse = OPS.cross_entropy_rows(x, t, None, *opts)[1]
+    lse_p = OPS.cross_entropy_rows(x, p, None, *opts)[1]
+    grad = torch.randn(rows)
+    return {
+        "softmax": (lambda: OPS.softmax_rows(x, False), False),
+        "log_softmax": (lambda: OPS.softmax_rows(x, True), False),
+        "softmax backward": (lambda: OPS.softmax_rows_backward(g, y, False), False),
+        "log_softmax backward": (lambda: OPS.softmax_rows_backward(g, y.log(), True), False),
+        "cross_entropy": (lambda: OPS.cross_entropy_rows(x, t, None, *opts), False),
+        "cross_entropy prob": (lambda: OPS.cross_entropy_rows(x, p, None, *opts), False),
+        "cross_entropy backward": (lambda: OPS.cross_entropy_rows_backward(grad, x, t, None, lse, *opts), True),
+        "cross_entropy prob backward": (lambda: OPS.cross_entropy_rows_backward(grad, x, p, None, lse_p, *opts),
+                                        False),
+    }
+
+
+# (rows, classes) -> float32 lanes per row and splits on the default 8
+# emulated SMs: lane groups of 4, 8, 16, 32 (130 rows: a partly filled last
+# block of 64 rows), a block per row, split rows (2 rows < 8 SMs)
+PLAN_SHAPES = {(130, 13): (4, 1), (20, 27): (8, 1), (20, 61): (16, 1), (9, 1001): (32, 1), (3, 4500): (256, 1),
+               (2, 20001): (256, 4)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", list(PLAN_SHAPES), ids=str)
+def test_row_kernels_launch_their_plan(shape, dtype):
+    rows, classes = shape
+    if dtype == torch.float32:
+        lanes, splits = PLAN_SHAPES[shape]
+        p = emu.row_plan(rows, classes, dtype)
+        assert (p["lanes"], p["splits"]) == (lanes, splits), p
+    for label, (fn, elementwise) in _row_kernel_calls(rows, classes, dtype).items():
+        plan = emu.row_plan(rows, classes, dtype, elementwise)
+        launches, teams = _launched(fn)
+        assert teams == {plan["lanes"]}, (label, plan, teams)
+        names = [l["kernel"].split("<")[0] for l in launches]
+        split = plan["splits"] > 1 and not elementwise
+        if split and label in ("cross_entropy", "cross_entropy prob"):
+            assert names[1:] == ["ce_merge_kernel"], (label, names)  # the forward's partials, merged
+            launches = launches[:1]
+        elif split:
+            assert len(names) == 2 and names[0].endswith("_partial_kernel"), (label, names)
+        else:
+            assert len(names) == 1, (label, names)
+        for l in launches:
+            assert l["grid"] == plan["grid"] and l["block"] == plan["block"], (label, plan, l)
+
+
+def test_row_plans_at_large_shapes():
+    """The plans at the shapes of issue 23 on a device of 132 SMs (H100,
+    H200), too big to emulate whole: the plan is what the kernels launch
+    (test_row_kernels_launch_their_plan)."""
+    sms = 132
+    emu.configure(multiprocessors=sms)
+    for dtype in (torch.float32, torch.bfloat16):
+        vec = 16 // dtype.itemsize
+        for elementwise in (False, True):
+            # 16 classes: 4 lanes a row (one or two vectors each), 64 rows a block
+            p = emu.row_plan(2**20, 16, dtype, elementwise)
+            assert p["lanes"] == 4 and p["grid"] == [2**20 // 64, 1, 1], p
+            # 512 classes: a warp a row, 8 rows a block
+            p = emu.row_plan(65536, 512, dtype, elementwise)
+            assert p["lanes"] == 32 and p["grid"] == [65536 // 8, 1, 1], p
+        # 8192 rows fill the GPU (8 blocks per SM): a block per row, unsplit
+        p = emu.row_plan(8192, 32000, dtype)
+        assert p["lanes"] == 256 and p["splits"] == 1 and p["grid"] == [8192, 1, 1], p
+        # the class-index backward: spans of 4 vector steps per thread
+        span = 256 * vec * 4
+        p = emu.row_plan(8192, 32000, dtype, elementwise=True)
+        assert p["span"] == span and p["grid"] == [8192, -(-32000 // span), 1], p
+        # 4 rows of 2^22: split into spans of whole vectors, enough to give
+        # every SM 8 blocks
+        for elementwise in (False, True):
+            p = emu.row_plan(4, 2**22, dtype, elementwise)
+            assert p["lanes"] == 256 and p["grid"] == [4, p["splits"], 1], p
+            assert p["span"] % vec == 0 and (p["splits"] - 1) * p["span"] < 2**22 <= p["splits"] * p["span"], p
+            assert 4 * p["splits"] >= 8 * sms and p["span"] >= 256 * vec * 4, p
+        assert emu.row_plan(4, 2**22, dtype)["splits"] == 8 * sms // 4
 
 
 # ---- memory traffic and coalescing ------------------------------------------------------
@@ -471,6 +586,20 @@ def test_weighted_cross_entropy_traffic(dtype, smoothing):
     rep = _traffic(lambda: OPS.cross_entropy_rows_backward(grad, x, y, w, lse, *args[1:]), x=x, w=w)
     assert _sector_efficiency(rep) == 1.0
     _coalesced(rep)
+
+
+@pytest.mark.parametrize("rows,classes", [(256, 16), (64, 64)], ids=str)
+def test_lane_group_rows_traffic(rows, classes):
+    # rows of whole vectors in lane groups (4 and 16 lanes): a warp's groups
+    # take consecutive rows, so each warp access is one contiguous run
+    x = torch.randn(rows, classes)
+    t = torch.randint(0, classes, (rows,))
+    rep = _traffic(lambda: OPS.softmax_rows(x, False), x=x)
+    _once(rep, "x", reads=2)  # the row's (max, sum), then the output pass
+    _coalesced(rep)
+    rep = _traffic(lambda: OPS.cross_entropy_rows(x, t, None, -100, 0.0, 0.0, 0.0), x=x)
+    assert rep["regions"]["x"]["read_bytes"] == x.numel() * 4 + rows * 4, rep["regions"]["x"]
+    _coalesced(rep, per_row_gathers=rows)
 
 
 def test_traffic_report_for_the_readme(capsys):

@@ -16,8 +16,13 @@ FNS = ["softmax", "log_softmax"]
 
 @pytest.mark.parametrize("fn", FNS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+# (130, 13) ... (3, 4500): a row launch plan of the CUDA kernels each (lane
+# groups of 4 to 32, a block per row; (2, 50257): split rows), see
+# test_cross_entropy.ROW_PLAN_SHAPES
 @pytest.mark.parametrize("shape,dim", [((7,), 0), ((4, 33), -1), ((4, 33), 0), ((2, 3, 5), 1),
-                                       ((3, 0, 4), -1), ((), 0), ((2, 50257), 1)], ids=str)
+                                       ((3, 0, 4), -1), ((), 0), ((2, 50257), 1), ((130, 13), -1),
+                                       ((20, 27), -1), ((20, 61), -1), ((9, 1001), -1), ((3, 4500), 1)],
+                         ids=str)
 def test_matches_torch(fn, dtype, shape, dim, device):
     x = (torch.randn(shape, dtype=torch.float64) * 4).to(dtype).to(device)
     if x.numel() > 8:

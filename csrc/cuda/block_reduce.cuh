@@ -1,8 +1,10 @@
 #pragma once
 // Helpers of the row kernels (blocks of kRowThreads threads over one row or
-// one span of a row): block-wide reductions (a sum, and the merge of online
-// (max, sum-of-exp) pairs; each ends with a barrier, so calls can follow one
-// another), and a walk over a span of a row with 128-bit loads.
+// one span of a row, or over kRowThreads / LANES rows with LANES lanes of a
+// warp each): block-wide and lane-group reductions (a sum, and the merge of
+// online (max, sum-of-exp) pairs; the block-wide ones end with a barrier, so
+// calls can follow one another), the team of threads that shares a row, and
+// a walk over a span of a row with 128-bit loads.
 #include <cstdint>
 #include <type_traits>
 
@@ -15,18 +17,22 @@ constexpr int kRowThreads = 256;
 
 constexpr int kRowWarps = kRowThreads / 32;
 
-template <class A>
+// Reductions over each group of LANES consecutive lanes (a power of two up
+// to 32): xor offsets below LANES stay inside the group, so the groups of a
+// warp reduce side by side; every lane of the warp takes part.
+template <int LANES = 32, class A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, LANES);
   return v;
 }
 
-template <class A>
+template <int LANES = 32, class A>
 __device__ __forceinline__ OnlineLse<A> warp_lse(OnlineLse<A> v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const OnlineLse<A> other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+  for (int o = LANES / 2; o > 0; o >>= 1) {
+    const OnlineLse<A> other{__shfl_xor_sync(0xffffffffu, v.m, o, LANES),
+                             __shfl_xor_sync(0xffffffffu, v.s, o, LANES)};
     v.merge(other);
   }
   return v;
@@ -64,7 +70,44 @@ __device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
   return total;
 }
 
-// Walks columns [lo, hi) of a row with the block's threads, calling
+// The threads that share one row: LANES consecutive lanes of a warp (a power
+// of two up to 32; a block then holds kRowThreads / LANES rows and reduces
+// with shuffles alone, no barrier), or the whole block (LANES = kRowThreads:
+// one row, or one span of a row, per block). Kernels take their team as a
+// parameter, so the emulator's coverage names the variant launched.
+template <int LANES>
+struct RowTeam {
+  static_assert(LANES == kRowThreads || (LANES <= 32 && (LANES & (LANES - 1)) == 0), "a lane group or the block");
+  static constexpr int kRowsPerBlock = kRowThreads / LANES;
+  __device__ static int rank() { return LANES == kRowThreads ? threadIdx.x : threadIdx.x % LANES; }
+  // The block's size read at run time (always kRowThreads): with the
+  // constant, ptxas spills in some double instantiations of the block kernels.
+  __device__ static int size() { return LANES == kRowThreads ? blockDim.x : LANES; }
+  // The row of this thread: the block's first row plus its group.
+  __device__ static int64_t row() {
+    return static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (LANES == kRowThreads ? 0 : threadIdx.x / LANES);
+  }
+  template <class A>
+  __device__ static A sum(A v) {
+    if constexpr (LANES == kRowThreads) {
+      return block_sum(v);
+    } else {
+      return warp_sum<LANES>(v);
+    }
+  }
+  template <class A>
+  __device__ static OnlineLse<A> lse(OnlineLse<A> v) {
+    if constexpr (LANES == kRowThreads) {
+      return block_lse(v);
+    } else {
+      return warp_lse<LANES>(v);
+    }
+  }
+};
+
+using BlockTeam = RowTeam<kRowThreads>;
+
+// Walks columns [lo, hi) of a row with the team's threads, calling
 // f(c, std::integral_constant<int, N>) for the N elements starting at c: a
 // scalar head up to the first 16-byte boundary of `row`, then VEC-wide steps
 // (VEC * sizeof(S) = 16 bytes, so load<N> is one 128-bit load), then a scalar
@@ -72,7 +115,7 @@ __device__ OnlineLse<A> block_lse(OnlineLse<A> v) {
 // row starts share `row`'s alignment modulo 16 bytes (checked at launch;
 // otherwise the kernel is instantiated with VEC = 1). Two vectors per thread
 // are in flight per step.
-template <int VEC, class S, class F>
+template <int VEC, class Team = BlockTeam, class S, class F>
 __device__ __forceinline__ void for_each_in_span(const S* row, int64_t lo, int64_t hi, F&& f) {
   int64_t head = hi, body = hi;
   if constexpr (VEC > 1) {
@@ -81,7 +124,7 @@ __device__ __forceinline__ void for_each_in_span(const S* row, int64_t lo, int64
     head = head < hi ? head : hi;
     body = head + (hi - head) / VEC * VEC;
   }
-  const int64_t tid = threadIdx.x, nt = blockDim.x;
+  const int64_t tid = Team::rank(), nt = Team::size();
   for (int64_t c = lo + tid; c < head; c += nt) f(c, std::integral_constant<int, 1>{});
   if constexpr (VEC > 1) {
 #pragma unroll 2

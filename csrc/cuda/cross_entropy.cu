@@ -1,25 +1,27 @@
 // CUDA kernels of the cross-entropy rows (see cross_entropy_ops.h).
 //
-// Forward: blocks of kThreads over (row, span of the row) read the logits
-// with 128-bit loads and fold them into an online (max, sum-of-exp) pair
-// (one rescale per vector) and the row's weighted sums. With enough rows, a
-// block takes a whole row and writes its loss and lse; with few rows and a
-// large vocabulary (e.g. 512 x 128k), each row is split over several blocks
-// whose partial pairs a second kernel merges, so the GPU still fills.
+// Launches follow the row plans of row_launch.cuh (a lane group per short
+// row, else blocks over rows or spans of rows).
+// Forward: each team reads the logits of its row or span with 128-bit loads
+// and folds them into an online (max, sum-of-exp) pair (one rescale per
+// vector) and the row's weighted sums. A team with a whole row writes its
+// loss and lse; with few rows and a large vocabulary (e.g. 512 x 128k), each
+// row is split over several blocks whose partial pairs a second kernel
+// merges, so the GPU still fills.
 // Backward (class-index targets): an elementwise pass over (row, span) with
-// the row's coefficients computed once per block; the gradient may overwrite
+// the row's coefficients computed once per team; the gradient may overwrite
 // the logits (the in-place op). Class-probability targets need a row sum of
-// the target first: one block per row.
+// the target first: a team per row, or with few long rows a first kernel of
+// per-span partial sums that each span's block then merges.
 // Everything stays on the device: the class weight sum is a device tensor,
 // an out-of-range target trips a device-side assert (as in PyTorch).
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
 
-#include <algorithm>
-
 #include "cuda/block_reduce.cuh"
 #include "cuda/launcher.cuh"
+#include "cuda/row_launch.cuh"
 #include "fastact/cross_entropy_ops.h"
 
 namespace fastact {
@@ -103,14 +105,15 @@ __device__ void finish_row(const CrossEntropyRows<S>& in, const CrossEntropyPara
   gstore(loss + r, l + ce_z_loss(A(p.z_loss), static_cast<A>(lse)));
 }
 
-// grid (rows, splits): block (r, k) folds columns [k*span, (k+1)*span) of row
-// r; with one split it finishes the row, else it writes partial[k*rows+r].
-template <int VEC, class S, class A = at::opmath_type<S>>
+// grid (row blocks, splits): the team of row r in block (., k) folds columns
+// [k*span, (k+1)*span) of row r; with one split it finishes the row, else it
+// writes partial[k*rows+r].
+template <int VEC, class Team, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
-    ce_forward_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span, A* loss,
+    ce_forward_kernel(Team, CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span, A* loss,
                       double* lse_out, CePartial<A>* partial) {
-  const int64_t r = blockIdx.x, C = p.classes;
-  const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
+  const RowSpan rs = row_span<Team>(p.rows, p.classes, span);
+  const int64_t r = rs.row, C = p.classes, lo = rs.lo, hi = rs.hi;
   const S* xr = in.x + r * C;
   const S* yr = p.prob_target ? in.y + r * C : nullptr;
   const A cap = p.softcap;
@@ -118,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool weighted_sum = p.prob_target || p.smoothing > 0;
   OnlineLse<A> pair;
   A wz = 0, o = 0;
-  for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
+  for_each_in_span<VEC, Team>(xr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
     A z[N];
@@ -147,13 +150,13 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   });
-  const OnlineLse<A> row = block_lse(pair);
+  const OnlineLse<A> row = Team::lse(pair);
   A row_wz = 0, row_o = 0;
-  if (weighted_sum) {  // every thread's sum moved to the block's max, then added
-    row_wz = block_sum(rebase(wz, o, pair.m, row.m));
-    row_o = block_sum(o);
+  if (weighted_sum) {  // every thread's sum moved to the team's max, then added
+    row_wz = Team::sum(rebase(wz, o, pair.m, row.m));
+    row_o = Team::sum(o);
   }
-  if (threadIdx.x != 0) return;
+  if (Team::rank() != 0 || !rs.live) return;
   if (gridDim.y == 1) {
     finish_row(in, p, r, row, row_wz, row_o, loss, lse_out);
   } else {
@@ -188,17 +191,18 @@ __global__ void __launch_bounds__(128)
 //   dz_c = a p_c - b w_c - [c == t] tt,  p_c = exp((z_c - hi) - lo)
 // (hi + lo: the float64 lse, split_lse: exact under a shift of the row)
 // with a = g (keep w_t + spread W + 2 z_loss lse), b = g spread, tt = g keep w_t.
-template <int VEC, class S, class A = at::opmath_type<S>>
+template <int VEC, class Team, class S, class A = at::opmath_type<S>>
 __global__ void __launch_bounds__(kThreads)
-    ce_backward_index_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span,
+    ce_backward_index_kernel(Team, CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span,
                              const A* grad, const double* lse, S* dx) {
-  const int64_t r = blockIdx.x, C = p.classes;
-  const int64_t lo = blockIdx.y * span, hi = lo + span < C ? lo + span : C;
+  const RowSpan rs = row_span<Team>(p.rows, p.classes, span);
+  if (!rs.live) return;  // no reduction here: a team past the last row just leaves
+  const int64_t r = rs.row, C = p.classes, lo = rs.lo, hi = rs.hi;
   const S* xr = in.x + r * C;
   S* dr = dx + r * C;
   const int64_t t = gload(in.tgt + r);
   if (t == p.ignore_index) {
-    for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
+    for_each_in_span<VEC, Team>(xr, lo, hi, [&](int64_t c, auto width) {
       constexpr int N = decltype(width)::value;
       VecOf<S, N> zero;
 #pragma unroll
@@ -216,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
   const A W = in.W ? gload(in.W) : static_cast<A>(C);
   const A a = g * (keep * w_t + spread * W + A(2) * A(p.z_loss) * l.hi);
   const A b = g * spread, tt = g * keep * w_t;
-  for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {
+  for_each_in_span<VEC, Team>(xr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
     const VecOf<A, N> wv = weights_of<N>(in.w, c);
@@ -233,31 +237,58 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// Class-probability targets: one block per row; first S = sum_c w_c y'_c.
-//   dz_c = g (S p_c - w_c y'_c + 2 z_loss lse p_c)
-template <int VEC, class S, class A = at::opmath_type<S>>
-__global__ void __launch_bounds__(kThreads)
-    ce_backward_prob_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, const A* grad,
-                            const double* lse, S* dx) {
-  const int64_t r = blockIdx.x, C = p.classes;
-  const S* xr = in.x + r * C;
-  const S* yr = in.y + r * C;
-  S* dr = dx + r * C;
-  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+// The target mass sum_c w_c y'_c over columns [lo, hi) of a row.
+template <int VEC, class Team, class S, class A>
+__device__ __forceinline__ A target_mass(const CrossEntropyRows<S>& in, const CrossEntropyParams& p, const S* yr,
+                                         int64_t lo, int64_t hi) {
+  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(p.classes);
   A part = 0;
-  for_each_in_span<VEC>(yr, 0, C, [&](int64_t c, auto width) {
+  for_each_in_span<VEC, Team>(yr, lo, hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> yv = load_vec<N>(yr + c);
     const VecOf<A, N> wv = weights_of<N>(in.w, c);
 #pragma unroll
     for (int j = 0; j < N; ++j) part += wv.v[j] * (keep * static_cast<A>(yv.v[j]) + spread);
   });
-  const A sum_wy = block_sum(part);
+  return part;
+}
+
+// Class-probability targets, split rows, first pass: block (r, k) writes the
+// target mass of span k of row r to partial[k*rows+r].
+template <int VEC, class S, class A = at::opmath_type<S>>
+__global__ void __launch_bounds__(kThreads)
+    ce_backward_prob_partial_kernel(CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span, A* partial) {
+  const RowSpan rs = row_span<BlockTeam>(p.rows, p.classes, span);
+  const A part = block_sum(target_mass<VEC, BlockTeam, S, A>(in, p, in.y + rs.row * p.classes, rs.lo, rs.hi));
+  if (threadIdx.x == 0) gstore(partial + blockIdx.y * p.rows + rs.row, part);
+}
+
+// Class-probability targets: S = sum_c w_c y'_c from the team's row, or
+// (split rows) from the partials of its spans, then
+//   dz_c = g (S p_c - w_c y'_c + 2 z_loss lse p_c)
+template <int VEC, class Team, class S, class A = at::opmath_type<S>>
+__global__ void __launch_bounds__(kThreads)
+    ce_backward_prob_kernel(Team, CrossEntropyRows<S> in, CrossEntropyParams p, int64_t span,
+                            const A* partial, const A* grad, const double* lse, S* dx) {
+  const RowSpan rs = row_span<Team>(p.rows, p.classes, span);
+  const int64_t r = rs.row, C = p.classes;
+  const S* xr = in.x + r * C;
+  const S* yr = in.y + r * C;
+  S* dr = dx + r * C;
+  const A keep = A(1) - A(p.smoothing), spread = A(p.smoothing) / static_cast<A>(C);
+  A part = 0;
+  if (partial) {
+    for (int64_t k = Team::rank(); k < gridDim.y; k += Team::size()) part += gload(partial + k * p.rows + r);
+  } else {
+    part = target_mass<VEC, Team, S, A>(in, p, yr, rs.lo, rs.hi);
+  }
+  const A sum_wy = Team::sum(part);
+  if (!rs.live) return;
   const A cap = p.softcap;
   const A g = gload(grad + r);
   const LseSplit<A> l = split_lse<A>(gload(lse + r));
   const A coef = sum_wy + A(2) * A(p.z_loss) * l.hi;
-  for_each_in_span<VEC>(xr, 0, C, [&](int64_t c, auto width) {
+  for_each_in_span<VEC, Team>(xr, rs.lo, rs.hi, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     const VecOf<S, N> xv = load_vec<N>(xr + c);
     const VecOf<S, N> yv = load_vec<N>(yr + c);
@@ -274,22 +305,6 @@ __global__ void __launch_bounds__(kThreads)
     store_vec<N>(dr + c, out);
   });
 }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Spans of at least `min_span` columns (a multiple of the vector width), as
-// many per row as it takes to give the GPU `target_blocks` blocks.
-int64_t span_for(int64_t rows, int64_t C, int64_t min_span, int64_t target_blocks, int vec) {
-  if (C == 0) return 1;  // one empty span per row: lse = -inf, as on the CPU
-  const int64_t wanted = std::max<int64_t>(1, ceil_div(target_blocks, std::max<int64_t>(rows, 1)));
-  int64_t splits = std::min(wanted, std::max<int64_t>(1, C / min_span));
-  splits = std::min<int64_t>(splits, 65535);
-  int64_t span = ceil_div(ceil_div(C, splits), vec) * vec;
-  while (ceil_div(C, span) > 65535) span *= 2;  // grid.y limit
-  return std::max<int64_t>(span, 1);
-}
-
-int64_t gpu_blocks() { return max_resident_blocks() / 2; }  // SMs x 8 blocks of 256 threads
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
@@ -308,28 +323,25 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(
     const CrossEntropyInputs<scalar_t> inputs(a);
     const CrossEntropyRows<scalar_t> in = inputs.rows();
     const bool vec = same_alignment(in.x, in.y);
-    // a block's span: at least 4 vector steps per thread
-    const int64_t span = span_for(p.rows, p.classes, int64_t{kThreads} * kVec * 4, gpu_blocks(), kVec);
-    const int64_t splits = std::max<int64_t>(1, ceil_div(p.classes, span));
+    const RowPlan plan = row_plan(RowSplit::kToFill, p.rows, p.classes, sizeof(scalar_t));
     at::Tensor partial;
-    CePartial<A>* part_ptr = nullptr;
-    if (splits > 1) {
-      partial = at::empty({p.rows * splits * static_cast<int64_t>(sizeof(CePartial<A>))},
-                          a.logits.options().dtype(at::kByte));
-      part_ptr = reinterpret_cast<CePartial<A>*>(partial.mutable_data_ptr());
-    }
-    const Dim grid(p.rows, splits);
+    CePartial<A>* part_ptr = row_partials<CePartial<A>>(plan, p.rows, a.logits, partial);
     const Stream stream = current_stream();
     A* loss_ptr = loss.mutable_data_ptr<A>();
     double* lse_ptr = lse.mutable_data_ptr<double>();
-    if (vec) {
-      FA_LAUNCH(grid, kThreads, 0, stream, ce_forward_kernel<kVec, scalar_t>)(in, p, span, loss_ptr, lse_ptr, part_ptr);
-    } else {
-      FA_LAUNCH(grid, kThreads, 0, stream, ce_forward_kernel<1, scalar_t>)(in, p, span, loss_ptr, lse_ptr, part_ptr);
-    }
-    if (splits > 1) {
+    with_row_team(plan.lanes, [&](auto team) {
+      using Team = decltype(team);
+      if (vec) {
+        FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_forward_kernel<kVec, Team, scalar_t>)(
+            team, in, p, plan.span, loss_ptr, lse_ptr, part_ptr);
+      } else {
+        FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_forward_kernel<1, Team, scalar_t>)(
+            team, in, p, plan.span, loss_ptr, lse_ptr, part_ptr);
+      }
+    });
+    if (part_ptr) {
       FA_LAUNCH(ceil_div(p.rows, 128), 128, 0, stream, ce_merge_kernel<scalar_t>)(
-          in, p, static_cast<int>(splits), part_ptr, loss_ptr, lse_ptr);
+          in, p, static_cast<int>(plan.splits), part_ptr, loss_ptr, lse_ptr);
     }
   });
   return {loss, lse};
@@ -353,21 +365,41 @@ void backward_into(const at::Tensor& grad, const CrossEntropyArgs& a, const at::
     const A* gp = g.const_data_ptr<A>();
     const double* lp = l.const_data_ptr<double>();
     if (p.prob_target) {
-      if (vec) {
-        FA_LAUNCH(p.rows, kThreads, 0, stream, ce_backward_prob_kernel<kVec, scalar_t>)(in, p, gp, lp, dx);
-      } else {
-        FA_LAUNCH(p.rows, kThreads, 0, stream, ce_backward_prob_kernel<1, scalar_t>)(in, p, gp, lp, dx);
+      const RowPlan plan = row_plan(RowSplit::kToFill, p.rows, p.classes, sizeof(scalar_t));
+      at::Tensor partial;
+      A* part = row_partials<A>(plan, p.rows, a.logits, partial);
+      if (part) {
+        if (vec) {
+          FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_backward_prob_partial_kernel<kVec, scalar_t>)(
+              in, p, plan.span, part);
+        } else {
+          FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_backward_prob_partial_kernel<1, scalar_t>)(
+              in, p, plan.span, part);
+        }
       }
+      with_row_team(plan.lanes, [&](auto team) {
+        using Team = decltype(team);
+        if (vec) {
+          FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_backward_prob_kernel<kVec, Team, scalar_t>)(
+              team, in, p, plan.span, part, gp, lp, dx);
+        } else {
+          FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_backward_prob_kernel<1, Team, scalar_t>)(
+              team, in, p, plan.span, part, gp, lp, dx);
+        }
+      });
     } else {
-      // a block writes up to 4 vectors per thread of one row
-      int64_t span_cols = std::max<int64_t>(int64_t{kThreads} * kVec * 4, ceil_div(p.classes, 65535));
-      span_cols = ceil_div(span_cols, kVec) * kVec;
-      const Dim grid(p.rows, ceil_div(p.classes, span_cols));
-      if (vec) {
-        FA_LAUNCH(grid, kThreads, 0, stream, ce_backward_index_kernel<kVec, scalar_t>)(in, p, span_cols, gp, lp, dx);
-      } else {
-        FA_LAUNCH(grid, kThreads, 0, stream, ce_backward_index_kernel<1, scalar_t>)(in, p, span_cols, gp, lp, dx);
-      }
+      // long rows: a block writes up to 4 vectors per thread of one row
+      const RowPlan plan = row_plan(RowSplit::kAlways, p.rows, p.classes, sizeof(scalar_t));
+      with_row_team(plan.lanes, [&](auto team) {
+        using Team = decltype(team);
+        if (vec) {
+          FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_backward_index_kernel<kVec, Team, scalar_t>)(
+              team, in, p, plan.span, gp, lp, dx);
+        } else {
+          FA_LAUNCH(plan.grid, kThreads, 0, stream, ce_backward_index_kernel<1, Team, scalar_t>)(
+              team, in, p, plan.span, gp, lp, dx);
+        }
+      });
     }
   });
 }

@@ -606,7 +606,10 @@ uint64_t shuffle(unsigned mask, uint64_t bits, int arg, int width, int mode) {
     case 2: src = lane - arg; break;
     default: src = seg + (arg & (width - 1)); break;
   }
-  if (src < seg || src >= seg + width) src = lane;
+  // as the hardware: a lane past its own width-segment gives the caller's own
+  // value, but xor may read an earlier segment (CUDA programming guide,
+  // __shfl_xor_sync: "able to access elements from earlier groups")
+  if (src >= seg + width || (mode != 0 && src < seg) || src < 0) src = lane;
   if (!(mask >> src & 1))
     device_trap(("__shfl_*_sync reads lane " + std::to_string(src) + ", which is not in its mask").c_str(),
                 __FILE__, __LINE__);

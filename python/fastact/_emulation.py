@@ -35,6 +35,8 @@ def _lib() -> ctypes.CDLL:
     lib.fastact_emu_launch_count.restype = ctypes.c_int64
     lib.fastact_emu_add_region.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64]
     lib.fastact_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint64]
+    lib.fastact_emu_row_plan.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                         ctypes.POINTER(ctypes.c_int64)]
     return lib
 
 
@@ -79,6 +81,19 @@ def coverage() -> list:
     """[kernel as written at its launch, its parameter types, launches] for
     every kernel variant launched since the library was loaded."""
     return json.loads(lib().fastact_emu_coverage().decode())
+
+
+def row_plan(rows: int, classes: int, dtype: torch.dtype, elementwise: bool = False) -> dict:
+    """The launch the row kernels' host code picks for [rows, classes] of
+    `dtype` on the emulated device (csrc/cuda/row_launch.cuh), at any shape,
+    without running it: `lanes` threads per row (4 to 32 lanes of a warp, or
+    256: a block), `splits` blocks per row of `span` columns, and the grid
+    and block of the launch. `elementwise`: the plan of the class-index
+    cross-entropy backward, which splits long rows into short spans always."""
+    out = (ctypes.c_int64 * 5)()
+    lib().fastact_emu_row_plan(int(elementwise), rows, classes, dtype.itemsize, out)
+    lanes, span, splits, gx, gy = out
+    return {"lanes": lanes, "span": span, "splits": splits, "grid": [gx, gy, 1], "block": [256, 1, 1]}
 
 
 def launches() -> list:

@@ -56,6 +56,21 @@ __global__ void __launch_bounds__(kThreads) row_sum_kernel(const float* x, float
   if (threadIdx.x == 0) gstore(out + blockIdx.x, total);
 }
 
+// ---- lane-group rows (RowTeam<8> of block_reduce.cuh): 8 lanes per row,
+// 32 rows per block, summed by xor shuffles of width 8. The bug starts the
+// tree at offset 8, so each group adds its neighbour group's row.
+template <int kBug>
+__global__ void __launch_bounds__(kThreads) group_row_sum_kernel(const float* x, float* out, int64_t rows,
+                                                                 int64_t n) {
+  constexpr int kLanes = 8;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * (kThreads / kLanes) + threadIdx.x / kLanes;
+  float v = 0;
+  if (r < rows)
+    for (int64_t i = threadIdx.x % kLanes; i < n; i += kLanes) v += gload(x + r * n + i);
+  for (int o = kBug == 1 ? kLanes : kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, kLanes);
+  if (r < rows && threadIdx.x % kLanes == 0) gstore(out + r, v);
+}
+
 // A barrier that only some threads reach.
 __global__ void __launch_bounds__(kThreads) divergent_barrier_kernel(float* out) {
   if (threadIdx.x < 64) __syncthreads();
@@ -90,6 +105,7 @@ __global__ void __launch_bounds__(kThreads) assert_kernel(const int64_t* target,
 namespace {
 
 const emu::LaunchBounds bounds[] = {{"row_sum_kernel", kThreads},
+                                    {"group_row_sum_kernel", kThreads},
                                     {"divergent_barrier_kernel", kThreads},
                                     {"scale_kernel", kThreads},
                                     {"assert_kernel", kThreads}};
@@ -148,6 +164,21 @@ std::string run_row_sum(int rows, int64_t n, int threads = kThreads) {
   return "";
 }
 
+// Rows past `rows` in the last block: their lanes still shuffle.
+template <int kBug>
+std::string run_group_row_sum(int64_t rows, int64_t n) {
+  std::vector<float> x(rows * n), out(rows, -1.0f);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7) - 3.0f;
+  emu::launch({"group_row_sum_kernel", dim3((rows + 31) / 32), dim3(kThreads), 0}, group_row_sum_kernel<kBug>,
+              x.data(), out.data(), rows, n);
+  for (int64_t r = 0; r < rows; ++r) {
+    float want = 0;
+    for (int64_t i = 0; i < n; ++i) want += x[r * n + i];
+    if (out[r] != want) return "row " + std::to_string(r) + " sum " + std::to_string(out[r]) + " != " + std::to_string(want);
+  }
+  return "";
+}
+
 // y = 2 x over n floats starting `offset` floats past a 16-byte boundary.
 template <int kBug>
 std::string run_scale(int64_t n, int offset) {
@@ -179,6 +210,8 @@ int main(int argc, char** argv) {
   in_every_order("block_sum", false, [] { return run_row_sum<0>(3, 1000); });
   in_every_order("block_sum_missing_syncthreads", true, [] { return run_row_sum<1>(3, 1000); });
   in_every_order("warp_sum_wrong_shuffle_offset", true, [] { return run_row_sum<2>(3, 1000); });
+  in_every_order("group_sum", false, [] { return run_group_row_sum<0>(45, 13); });
+  in_every_order("group_sum_crosses_groups", true, [] { return run_group_row_sum<1>(45, 13); });
   in_every_order("vector_walk", false, [] {
     for (int offset = 0; offset < 4; ++offset)
       for (int64_t n : {1, 3, 4, 5, 1000, 1003}) {
