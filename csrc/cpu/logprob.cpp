@@ -39,6 +39,7 @@ FA_CPU_CLONES LogprobRow<A> row_forward(const A* x, int64_t t, const LogprobPara
   A m = -INFINITY;
   double s = 0.0, u = 0.0;
   constexpr int64_t kBlock = 512;
+  constexpr int kLanes = 16;
   for (int64_t b = 0; b < C; b += kBlock) {
     const int64_t e = std::min(C, b + kBlock);
     // the max skips NaN (comparisons with NaN are false); a NaN logit still
@@ -60,18 +61,27 @@ FA_CPU_CLONES LogprobRow<A> row_forward(const A* x, int64_t t, const LogprobPara
     }
     // relative to 0 while the max is -inf: -inf terms give 0, NaN gives NaN
     const A mm = m == -INFINITY ? A(0) : m;
+    // kLanes partial sums by column position (vertical SIMD adds), added
+    // in a fixed order: a reduction the compiler vectorized itself would
+    // peel to the row's address alignment, and a row's result would depend
+    // on where the chunk puts it
+    A ls[kLanes] = {}, lu[kLanes] = {};
+    auto add = [&](int64_t c, int j) {
+      const A d = x[c] / T - mm;
+      const A ex = ::fastact::math::exp_nonpositive(d);
+      ls[j] += ex;
+      if constexpr (kEntropy) lu[j] += xexp(ex, d);
+    };
+    int64_t c = b;
+    for (; c + kLanes <= e; c += kLanes) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) add(c + j, j);
+    }
+    for (int j = 0; c + j < e; ++j) add(c + j, j);
     A bs = 0, bu = 0;
-    if constexpr (kEntropy) {
-#pragma omp simd reduction(+ : bs, bu)
-      for (int64_t c = b; c < e; ++c) {
-        const A d = x[c] / T - mm;
-        const A ex = ::fastact::math::exp_nonpositive(d);
-        bs += ex;
-        bu += xexp(ex, d);
-      }
-    } else {
-#pragma omp simd reduction(+ : bs)
-      for (int64_t c = b; c < e; ++c) bs += ::fastact::math::exp_nonpositive(x[c] / T - mm);
+    for (int j = 0; j < kLanes; ++j) {
+      bs += ls[j];
+      bu += lu[j];
     }
     s += bs;
     u += bu;
@@ -158,7 +168,8 @@ void backward_into(const LogprobArgs& a, const at::Tensor& lse, const std::optio
     at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t t = checked_target(tgt, r, p, kBackward);
-        const LogprobGrad<A> g{gsp[r] - glp[r], ghp[r], glp[r], hp[r]};
+        const A gl = t != p.ignore_index ? glp[r] : A(0);  // (log p = 0 there)
+        const LogprobGrad<A> g{gsp[r] - gl, ghp[r], gl, hp[r]};
         if (g.zero()) {
           std::fill(dst + r * C, dst + (r + 1) * C, A(0));
         } else if (with_entropy) {

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
   A* dr = dx + r * C;
   const int64_t t = gload(target + r);
   FA_DEVICE_ASSERT(t == p.ignore_index || (t >= 0 && t < C), "fastact.logprob_rows_backward: target out of bounds");
-  const A gl = gload(g_logp + r);
+  const A gl = t != p.ignore_index ? gload(g_logp + r) : A(0);  // (log p = 0 there)
   const LogprobGrad<A> g{gload(g_lse + r) - gl, gload(g_entropy + r), gl, kEntropy ? gload(entropy + r) : A(0)};
   if (g.zero()) {  // (ignored rows)
     for_each_in_span<VEC>(xr, lo, hi, [&](int64_t c, auto width) {

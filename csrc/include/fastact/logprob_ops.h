@@ -20,8 +20,11 @@
 //   dH / dz_c = -p_c (z'_c - sum_k p_k z'_k) / T = -p_c (log p_c + H) / T
 //   d lse / dz_c = p_c / T
 // so dz_c = (p_c (g_lse - g_l - g_h (log p_c + H)) + [c == t] g_l) / T. A
-// p_c of 0 contributes 0 (no 0 * -inf for a -inf logit); a row whose three
-// gradients are 0 gets a gradient of 0 (ignored rows).
+// row whose target is ignore_index has log p = 0, a constant: its g_l is
+// left out (a vocabulary slice that does not hold the target passes -g_l as
+// g_lse instead, see losses/posttrain.py). A p_c of 0 contributes 0 (no
+// 0 * -inf for a -inf logit); a row whose gradients are all 0 gets a
+// gradient of 0 without reading its logits.
 #include <cstdint>
 
 #include "fastact/macros.h"

@@ -188,20 +188,19 @@ def _plain_target(op: str, target) -> None:
 def _vocab_slice(op: str, weight: DTensor, bias: Optional[Tensor]):
     """(local weight, local bias, process group, first global class) of a
     column-parallel head -- a DTensor weight sharded on the vocabulary (dim 0)
-    over one mesh dim and replicated on the others; the bias a DTensor
-    (placed alike) or a plain tensor of the whole vocabulary (sliced) -- or
-    None for other placements."""
+    over one mesh dim and replicated on the others, the bias (if any) a
+    DTensor, placed alike for the call -- or None for other heads (a plain
+    bias: its gradient would be one slice per rank)."""
     vdim = _vocab_mesh_dim(weight.placements, 0, op)
     if vdim is None or any(not p.is_replicate() for i, p in enumerate(weight.placements) if i != vdim):
         return None
+    if bias is not None and not is_dtensor(bias):
+        return None
     mesh = weight.device_mesh
     _, offset = compute_local_shape_and_global_offset(weight.shape, mesh, weight.placements)
-    w = weight.to_local()
-    if is_dtensor(bias):
+    if bias is not None:
         bias = align(bias, weight.placements).to_local()
-    elif bias is not None:
-        bias = bias[offset[0]:offset[0] + w.shape[0]]
-    return w, bias, mesh.get_group(vdim), offset[0]
+    return weight.to_local(), bias, mesh.get_group(vdim), offset[0]
 
 
 @torch._dynamo.disable

@@ -162,15 +162,17 @@ def _logprob_rows(z: Tensor, target: Tensor, o: _LogprobOptions, ignore_index: i
     return lse, logp, (entropy if o.entropy else None)
 
 
-def _logprob_grad_rows(z: Tensor, target: Tensor, lse: Tensor, entropy: Optional[Tensor], g_logp: Optional[Tensor],
-                       g_ent: Optional[Tensor], o: _LogprobOptions, ignore_index: int) -> Tensor:
-    """d(sum g_logp * log p(target) + g_ent * H) / d(logits), written over the
-    (contiguous) logits ``z``, which are returned (``logprob_rows_backward_``,
-    one pass: dz = (onehot_t g_logp - p (g_logp + g_ent (log p + H))) / T,
-    with the rows' lse and H, which may be those of the whole vocabulary
-    when ``z`` is a slice of it). Rows whose two gradients are 0 (the ignored
-    ones) get 0."""
-    _ops.logprob_rows_backward_(z, target, lse, entropy, None, g_logp, g_ent, o.temperature, ignore_index)
+def _logprob_grad_rows(z: Tensor, target: Tensor, lse: Tensor, entropy: Optional[Tensor], g_lse: Optional[Tensor],
+                       g_logp: Optional[Tensor], g_ent: Optional[Tensor], o: _LogprobOptions,
+                       ignore_index: int) -> Tensor:
+    """d(sum g_lse * lse + g_logp * log p(target) + g_ent * H) / d(logits),
+    written over the (contiguous) logits ``z``, which are returned
+    (``logprob_rows_backward_``, one pass: dz = (p (g_lse - g_logp - g_ent
+    (log p + H)) + onehot_t g_logp) / T, with the rows' lse and H, which may
+    be those of the whole vocabulary when ``z`` is a slice of it; g_logp
+    counts only on rows whose target is not ``ignore_index``). Rows whose
+    gradients are all 0 (the ignored ones) get 0."""
+    _ops.logprob_rows_backward_(z, target, lse, entropy, g_lse, g_logp, g_ent, o.temperature, ignore_index)
     return z
 
 
@@ -250,7 +252,7 @@ class _LinearLogprobs(torch.autograd.Function):
             entropy = torch.where(counted, entropy, zero)
         ctx.set_materialize_grads(False)
         ctx.o, ctx.vocab, ctx.rows_ignore = o, vocab, rows_ignore
-        ctx.save_for_backward(hidden, weight, bias, counted, rows_target, lse, entropy)
+        ctx.save_for_backward(hidden, weight, bias, target, lse, entropy)
         return (logp, entropy) if entropy is not None else logp
 
     @staticmethod
@@ -258,21 +260,30 @@ class _LinearLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logp, grad_entropy=None):
         import torch.distributed as dist
 
-        hidden, weight, bias, counted, rows_target, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, target, lse, entropy = ctx.saved_tensors
         o, needs = ctx.o, ctx.needs_input_grad
         none = (None, None, None)  # target, options, vocabulary slice
         if not any(needs[:3]) or (grad_logp is None and grad_entropy is None):
             return (None, None, None) + none
         dtype = _row_dtype(hidden.dtype)
         zero = torch.zeros((), dtype=dtype, device=hidden.device)
+        counted, rows_target = target != o.ignore_index, target
+        if ctx.vocab is not None:
+            rows_target = _local_target(target, ctx.vocab, weight.shape[0], o.ignore_index)
         # ignored tokens: no gradient (where, not a product: an inf/NaN
         # upstream gradient on an ignored token stays out)
         g_logp = torch.where(counted, grad_logp.to(dtype), zero) if grad_logp is not None else None
         g_ent = torch.where(counted, grad_entropy.to(dtype), zero) if grad_entropy is not None else None
+        g_lse = None
+        if ctx.vocab is not None and g_logp is not None:
+            # a slice without the target: d log p = -d lse there (the row
+            # kernel leaves the g_logp of its "ignored" rows out)
+            g_lse = torch.where(rows_target >= 0, zero, -g_logp)
         grads = _grad_accumulator(hidden, weight, bias, needs)
         for s, e in _spans(hidden.shape[0], o.chunk):
             dz = _logprob_grad_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), rows_target[s:e], lse[s:e],
                                     entropy[s:e] if entropy is not None else None,
+                                    g_lse[s:e] if g_lse is not None else None,
                                     g_logp[s:e] if g_logp is not None else None,
                                     g_ent[s:e] if g_ent is not None else None, o, ctx.rows_ignore)
             _fold(grads, s, e, dz, hidden, weight)
