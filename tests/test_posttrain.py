@@ -358,13 +358,24 @@ def test_logprobs_nothing_counted(tokens):
 
 
 def test_logprobs_bf16_under_one_chunk_and_several():
-    # the chunking does not change the result (same rows, same math)
+    # the chunking adds no math: each chunk's outputs are exactly the row
+    # kernel's on that chunk's logits (a bf16 head on the CPU: the float32
+    # product of the widened operands). Across chunk sizes they agree to
+    # float32 rounding, not bit for bit: the CPU matmul's rows themselves
+    # differ in the last bit between a 40-row and a 3-row product.
     x, w, b, t = head(40, 16, 33, seed=7)
     x, w = x.bfloat16(), w.bfloat16()
     one = F.linear_logprobs(x, w, t, return_entropy=True, chunk_size=40)
     many = F.linear_logprobs(x, w, t, return_entropy=True, chunk_size=3)
+    for chunk, (logp, ent) in ((40, one), (3, many)):
+        for s in range(0, 40, chunk):
+            rows = t[s:s + chunk]
+            _, r_logp, r_ent = _ops.logprob_rows(torch.mm(x[s:s + chunk].float(), w.float().t()), rows, 1.0, -100,
+                                                 True)
+            assert torch.equal(logp[s:s + chunk], r_logp), (chunk, s)
+            assert torch.equal(ent[s:s + chunk], torch.where(rows != -100, r_ent, torch.zeros(()))), (chunk, s)
     for a, c in zip(one, many):
-        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(a, c)
 
 
 class LargestTensor(TorchDispatchMode):

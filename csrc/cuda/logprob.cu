@@ -1,10 +1,10 @@
 // CUDA kernels of the log-probability rows (see logprob_ops.h).
 //
-// Forward: a block per row reads the row once with 128-bit loads, each
-// thread folding its values into an online (max, sum of exp, sum of exp * z)
-// triple (one rescale per vector); the block merges the (max, sum) pairs
-// (block_lse), moves each thread's exp * z sum to the row max and adds them
-// (block_sum). Backward: an elementwise pass over (row, span of the row) with
+// Forward: a block per row reads the row once (128-bit loads where every
+// row is aligned), each thread folding its values into an online (max, sum
+// of exp, sum of exp * z) triple (one rescale per vector); the block merges
+// the (max, sum) pairs (block_lse), moves each thread's exp * z sum to the
+// row max and adds them (block_sum). Backward: an elementwise pass over (row, span of the row) with
 // the row's coefficients read once per block; the gradient may overwrite the
 // logits (the in-place op). Everything stays on the device: an out-of-range
 // target trips a device-side assert (as in PyTorch).
@@ -125,12 +125,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logprob_rows_cuda(const at::Tenso
     A* logp_ptr = logp.mutable_data_ptr<A>();
     A* ent_ptr = p.entropy ? ent.mutable_data_ptr<A>() : nullptr;
     const Stream stream = current_stream();
-    // (one operand: for_each_in_span's scalar head aligns every row's vector steps)
-    auto launch = [&](auto with_entropy) {
-      FA_LAUNCH(p.rows, kLogprobThreads, 0, stream, logprob_forward_kernel<decltype(with_entropy)::value, kVec, A>)(
+    // Vector steps only when every row starts 16-byte aligned: the columns a
+    // thread sums then depend on the column index alone, not on where the
+    // row sits (for_each_in_span's scalar head follows the address), so a
+    // row's result does not depend on its place in the chunk.
+    const bool vec = p.classes % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    auto launch = [&](auto with_entropy, auto width) {
+      FA_LAUNCH(p.rows, kLogprobThreads, 0, stream,
+                logprob_forward_kernel<decltype(with_entropy)::value, decltype(width)::value, A>)(
           x, tgt, p, lse_ptr, logp_ptr, ent_ptr);
     };
-    p.entropy ? launch(std::true_type{}) : launch(std::false_type{});
+    using Vec = std::integral_constant<int, kVec>;
+    using One = std::integral_constant<int, 1>;
+    if (p.entropy) {
+      vec ? launch(std::true_type{}, Vec{}) : launch(std::true_type{}, One{});
+    } else {
+      vec ? launch(std::false_type{}, Vec{}) : launch(std::false_type{}, One{});
+    }
   });
   return {lse, logp, ent};
 }
