@@ -104,6 +104,19 @@ TORCH_LIBRARY(fastact, m) {
   m.def("cross_entropy_rows_backward_(Tensor grad, Tensor(a!) logits, Tensor target, Tensor? weight, "
         "Tensor lse, int ignore_index, float label_smoothing, float z_loss, float softcap) -> ()");
 
+  // Log-probabilities of tempered [rows, classes] logits (logprob_ops.h), for
+  // the post-training heads: per row the float64 lse of z / temperature, log
+  // p(target) (0 where target == ignore_index) and, with entropy=True, the
+  // entropy (else an empty tensor), in one pass over the row.
+  m.def("logprob_rows(Tensor logits, Tensor target, float temperature, int ignore_index, bool entropy) "
+        "-> (Tensor, Tensor, Tensor)");
+  // The logits' gradient from the rows' gradients of (lse, log p, entropy)
+  // (absent: 0); the in-place form overwrites the (contiguous) logits.
+  m.def("logprob_rows_backward(Tensor logits, Tensor target, Tensor lse, Tensor? entropy, Tensor? grad_lse, "
+        "Tensor? grad_logp, Tensor? grad_entropy, float temperature, int ignore_index) -> Tensor");
+  m.def("logprob_rows_backward_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor? entropy, Tensor? grad_lse, "
+        "Tensor? grad_logp, Tensor? grad_entropy, float temperature, int ignore_index) -> ()");
+
   // softmax / log_softmax over the last dim of [rows, classes] (log = log_softmax).
   m.def("softmax_rows(Tensor input, bool log) -> Tensor");
   m.def("softmax_rows_backward(Tensor grad_output, Tensor output, bool log) -> Tensor");

@@ -191,6 +191,20 @@ def test_cross_entropy_launches(rows, classes, split):
         ["ce_backward_prob_kernel"], bwd
 
 
+def test_linear_logprobs_launches():
+    # one row kernel per chunk each way: the entropy is in the same pass as
+    # the log-probs (no second kernel over the logits), and the backward
+    # writes the gradient over the chunk's logits in one pass
+    x, w = torch.randn(10, 8, requires_grad=True), torch.randn(300, 8, requires_grad=True)
+    t = torch.randint(0, 300, (10,))
+    box = {}
+    fwd = _count(lambda: box.setdefault("out", F.linear_logprobs(x, w, t, return_entropy=True, chunk_size=4)))
+    logp, ent = box["out"]
+    bwd = _count(lambda: (logp.sum() + ent.sum()).backward())
+    assert [k.split("<")[0] for k in fwd] == ["logprob_forward_kernel"] * 3, fwd
+    assert [k.split("<")[0] for k in bwd] == ["logprob_backward_kernel"] * 3, bwd
+
+
 def test_softmax_and_mse_launches():
     for fn in (F.softmax, F.log_softmax):
         fwd, bwd = _fwd_bwd_launches(lambda x: fn(x, -1), (33, 1001))

@@ -440,8 +440,12 @@ def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, lin
     fastact.losses.posttrain). Under torch.compile this function is a graph break
     (it runs eagerly).
 
-    A DTensor head (e.g. sharded on the vocabulary) is gathered for the
-    call; input and target must be plain tensors."""
+    A column-parallel head (``linear_weight`` a DTensor sharded on the
+    vocabulary) runs vocabulary-parallel, as ``linear_cross_entropy``: per
+    chunk of tokens the slices' row statistics (max, sum of exponentials,
+    target logit, entropy terms) are all-reduced, the logits never gathered,
+    and the weight's gradient stays sharded. Another DTensor head is
+    gathered for the call. Input and target must be plain tensors."""
     dtensors = any(is_dtensor(t) for t in (input, linear_weight, linear_bias, target))
     impl = _distributed.losses.linear_logprobs if dtensors else _posttrain.linear_logprobs
     return impl(input, linear_weight, target, linear_bias=linear_bias, temperature=temperature,

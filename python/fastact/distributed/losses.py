@@ -4,8 +4,9 @@ vocabulary (linear_cross_entropy), run the vocabulary-parallel loss of
 fastact.losses.vocab_parallel over the vocabulary mesh dim's process group,
 never gathering the logits (the role of torch's ``loss_parallel()``); other
 placements run the plain ops through their sharding rules (rules.py). The
-post-training heads gather a DTensor head (``full_tensor()``) and run the
-plain loss."""
+post-training heads: ``linear_logprobs`` of a column-parallel head runs the
+vocabulary-parallel form of fastact.losses.posttrain; otherwise a DTensor
+head is gathered (``full_tensor()``) for the plain loss."""
 from __future__ import annotations
 
 from typing import Optional
@@ -184,16 +185,45 @@ def _plain_target(op: str, target) -> None:
         raise NotImplementedError(f"{op}: a DTensor target is not supported; pass its local (replicated) tensor")
 
 
+def _vocab_slice(op: str, weight: DTensor, bias: Optional[Tensor]):
+    """(local weight, local bias, process group, first global class) of a
+    column-parallel head -- a DTensor weight sharded on the vocabulary (dim 0)
+    over one mesh dim and replicated on the others, the bias (if any) a
+    DTensor, placed alike for the call -- or None for other heads (a plain
+    bias: its gradient would be one slice per rank)."""
+    vdim = _vocab_mesh_dim(weight.placements, 0, op)
+    if vdim is None or any(not p.is_replicate() for i, p in enumerate(weight.placements) if i != vdim):
+        return None
+    if bias is not None and not is_dtensor(bias):
+        return None
+    mesh = weight.device_mesh
+    _, offset = compute_local_shape_and_global_offset(weight.shape, mesh, weight.placements)
+    if bias is not None:
+        bias = align(bias, weight.placements).to_local()
+    return weight.to_local(), bias, mesh.get_group(vdim), offset[0]
+
+
 @torch._dynamo.disable
 def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, linear_bias: Optional[Tensor] = None,
                     temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
                     chunk_size: Optional[int] = None):
-    """:func:`fastact.functional.linear_logprobs` with DTensor operands: a
-    DTensor head is gathered (:func:`_gather_head`); input and target must be
-    plain tensors."""
+    """:func:`fastact.functional.linear_logprobs` with DTensor operands. A
+    column-parallel head (``linear_weight`` sharded on the vocabulary over one
+    mesh dim, replicated on the others) runs the vocabulary-parallel form
+    (:func:`fastact.losses.posttrain.vocab_parallel_linear_logprobs`: row
+    statistics all-reduced, the logits never gathered, the weight's gradient
+    a shard); another DTensor head is gathered (:func:`_gather_head`). Input
+    and target must be plain tensors, the same on every rank."""
     op = "fastact.linear_logprobs"
-    linear_weight, linear_bias = _gather_head(op, "", input, linear_weight, linear_bias)
     _plain_target(op, target)
+    if is_dtensor(linear_weight) and not is_dtensor(input):
+        local = _vocab_slice(op, linear_weight, linear_bias)
+        if local is not None:
+            w, b, group, start = local
+            return _posttrain.vocab_parallel_linear_logprobs(
+                input, w, target, group, start, linear_weight.shape[0], linear_bias=b, temperature=temperature,
+                return_entropy=return_entropy, ignore_index=ignore_index, chunk_size=chunk_size)
+    linear_weight, linear_bias = _gather_head(op, "", input, linear_weight, linear_bias)
     return _posttrain.linear_logprobs(input, linear_weight, target, linear_bias=linear_bias, temperature=temperature,
                                       return_entropy=return_entropy, ignore_index=ignore_index,
                                       chunk_size=chunk_size)

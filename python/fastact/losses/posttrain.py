@@ -29,7 +29,9 @@ from torch import Tensor
 
 from .linear_ce import ChunkGrads, chunk_rows, cpu_float32
 
-__all__ = ["linear_logprobs", "linear_distill_loss"]
+_ops = torch.ops.fastact
+
+__all__ = ["linear_logprobs", "linear_distill_loss", "vocab_parallel_linear_logprobs"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _KINDS = ("kl", "reverse_kl", "jsd")
@@ -142,67 +144,105 @@ class _LogprobOptions(NamedTuple):
     entropy: bool
 
 
-def _logprob_rows(z: Tensor, index: Tensor, o: _LogprobOptions):
-    """(logsumexp, log p(target)[, entropy]) of the rows of logits ``z``
-    (consumed) divided by the temperature."""
-    if o.temperature != 1.0:
-        z.div_(o.temperature)
-    # relative to the row max m (z' = z - m <= 0, in place): with s = sum
-    # exp(z'), lse = m + log s and log p_t = z'_t - log s; the entropy H =
-    # log s - sum(exp(z') z') / s is a sum of two non-negative terms (no
-    # cancellation), from the same exp(z') as s
-    m = z.amax(1) if z.shape[1] else z.new_zeros(z.shape[0])
+class _VocabSlice(NamedTuple):
+    """A column-parallel head: this rank's weight rows are the global classes
+    [start, start + V_local) of ``vocab``, the others live on the ranks of ``group``."""
+    group: object
+    start: int
+    vocab: int
+
+
+def _logprob_rows(z: Tensor, target: Tensor, o: _LogprobOptions, ignore_index: int):
+    """(float64 logsumexp, log p(target), entropy or None) of the rows of
+    logits ``z`` divided by the temperature: one online pass over each row
+    (the ``logprob_rows`` kernel: running max, sum of exponentials and, for
+    the entropy, sum of exp(z) z, rescaled as the max grows). log p is 0 on
+    rows whose target is ``ignore_index``."""
+    lse, logp, entropy = _ops.logprob_rows(z, target, o.temperature, ignore_index, o.entropy)
+    return lse, logp, (entropy if o.entropy else None)
+
+
+def _logprob_grad_rows(z: Tensor, target: Tensor, lse: Tensor, entropy: Optional[Tensor], g_lse: Optional[Tensor],
+                       g_logp: Optional[Tensor], g_ent: Optional[Tensor], o: _LogprobOptions,
+                       ignore_index: int) -> Tensor:
+    """d(sum g_lse * lse + g_logp * log p(target) + g_ent * H) / d(logits),
+    written over the (contiguous) logits ``z``, which are returned
+    (``logprob_rows_backward_``, one pass: dz = (p (g_lse - g_logp - g_ent
+    (log p + H)) + onehot_t g_logp) / T, with the rows' lse and H, which may
+    be those of the whole vocabulary when ``z`` is a slice of it; g_logp
+    counts only on rows whose target is not ``ignore_index``). Rows whose
+    gradients are all 0 (the ignored ones) get 0."""
+    _ops.logprob_rows_backward_(z, target, lse, entropy, g_lse, g_logp, g_ent, o.temperature, ignore_index)
+    return z
+
+
+def _local_target(target: Tensor, v: _VocabSlice, v_local: int, ignore_index: int) -> Tensor:
+    """The target's column in this rank's slice, -1 (the row kernels'
+    ignore_index here) where another rank holds it or the token is ignored."""
+    local = target - v.start
+    mine = (local >= 0) & (local < v_local) & (target != ignore_index)
+    return torch.where(mine, local, torch.full_like(local, -1))
+
+
+def _combine_slices(lse_r: Tensor, logp_r: Tensor, entropy_r: Optional[Tensor], mine: Tensor, group):
+    """The whole vocabulary's (lse, log p(target), entropy) of rows from each
+    rank's slice statistics (lse_r, log p_r of the target where ``mine``,
+    H_r), with two collectives of (rows,) vectors: M = max_r lse_r, then the
+    sums over ranks of e_r = exp(lse_r - M), of z_t - M = log p_r + lse_r - M
+    (held by one rank) and of e_r (H_r + M - lse_r). With S = sum e_r:
+    lse = M + log S, log p = (z_t - M) - log S and, since the slice's
+    probabilities are e_r / S times its own, H = sum_r (e_r / S) (H_r + lse -
+    lse_r) = sum e_r (H_r + M - lse_r) / S + log S: sums of non-negative
+    terms, no cancellation. float64 throughout."""
+    import torch.distributed as dist
+
+    m = lse_r.clone()
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    # (a row of -inf everywhere: relative to 0, its lse stays -inf)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    z.sub_(m[:, None])
-    e = torch.exp(z)
-    s = e.sum(1)
-    log_s = torch.log(s)
-    logp = z.gather(1, index).squeeze(1) - log_s
-    if not o.entropy:
-        return m + log_s, logp
-    return m + log_s, logp, log_s - e.mul_(z).sum(1) / s
-
-
-def _logprob_grad_rows(z: Tensor, index: Tensor, lse: Tensor, entropy: Optional[Tensor], g_logp: Optional[Tensor],
-                       g_ent: Optional[Tensor], temperature: float) -> Tensor:
-    """d(sum g_logp * log p(target) + g_ent * H) / d(logits) for the rows of
-    logits ``z`` (consumed): with log p = z / T - lse, d log p_t / d(z/T) =
-    onehot_t - p and dH / d(z_c/T) = -p_c (log p_c + H), so
-    dz = (-p * (g_logp + g_ent * (log p + H)) + g_logp * onehot) / T."""
-    if temperature != 1.0:
-        z.div_(temperature)
-    logp = z.sub_(lse[:, None])
-    p = torch.exp(logp)
-    if g_ent is not None:
-        coef = logp.add_(entropy[:, None]).mul_(g_ent[:, None])
-        if g_logp is not None:
-            coef.add_(g_logp[:, None])
-        dz = p.mul_(coef).neg_()
-    else:
-        dz = p.mul_(-g_logp[:, None])
-    if g_logp is not None:
-        dz.scatter_add_(1, index, g_logp[:, None])
-    if temperature != 1.0:
-        dz.div_(temperature)
-    return dz
+    rel = lse_r - m  # <= 0
+    e = torch.exp(rel)
+    zero = torch.zeros_like(e)
+    sums = [e, torch.where(mine, logp_r.double() + rel, zero)]
+    if entropy_r is not None:  # (a slice of -inf logits: e = 0 and H_r NaN, adds 0)
+        sums.append(torch.where(e > 0, e * (entropy_r.double() - rel), zero))
+    sums = torch.stack(sums)
+    dist.all_reduce(sums, group=group)
+    log_s = torch.log(sums[0])
+    entropy = sums[2] / sums[0] + log_s if entropy_r is not None else None
+    return m + log_s, sums[1] - log_s, entropy
 
 
 class _LinearLogprobs(torch.autograd.Function):
     """Per-token log p(target) and entropy of softmax(hidden @ weight.T + bias) / T,
     chunk by chunk. Saves the operands, the target and two (N,) vectors (the
-    tempered logsumexp and the entropy)."""
+    tempered logsumexp, in float64 so that backward forms z / T - lse exactly
+    for rows far from 0, and the entropy).
+
+    With ``vocab`` (a :class:`_VocabSlice`), weight and bias hold one rank's
+    slice of a column-parallel head: each chunk's logit slice goes through
+    the row kernel with the targets this rank holds, and
+    :func:`_combine_slices` turns the slices' statistics into the whole
+    vocabulary's; backward is local to the slice (its rows of the softmax,
+    from the global lse and entropy), the weight's gradient stays a slice and
+    the input's is all-reduced."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, o: _LogprobOptions):
+    def forward(ctx, hidden, weight, bias, target, o: _LogprobOptions, vocab: Optional[_VocabSlice]):
         n, dtype = hidden.shape[0], _row_dtype(hidden.dtype)
         counted = target != o.ignore_index
-        index = torch.where(counted, target, torch.zeros_like(target))[:, None]
+        # the row kernels' targets: global, or this slice's columns (-1 elsewhere)
+        rows_target, rows_ignore = target, o.ignore_index
+        if vocab is not None:
+            rows_target, rows_ignore = _local_target(target, vocab, weight.shape[0], o.ignore_index), -1
         logp = hidden.new_empty((n,), dtype=dtype)
-        lse = hidden.new_empty((n,), dtype=dtype)
+        lse = hidden.new_empty((n,), dtype=torch.float64)
         entropy = hidden.new_empty((n,), dtype=dtype) if o.entropy else None
         for s, e in _spans(n, o.chunk):
             # (the logits passed as a temporary: freed when the chunk's rows are done)
-            rows = _logprob_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), index[s:e], o)
+            rows = _logprob_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), rows_target[s:e], o, rows_ignore)
+            if vocab is not None:
+                rows = _combine_slices(*rows, rows_target[s:e] >= 0, vocab.group)
             lse[s:e], logp[s:e] = rows[:2]
             if entropy is not None:
                 entropy[s:e] = rows[2]
@@ -211,43 +251,52 @@ class _LinearLogprobs(torch.autograd.Function):
         if entropy is not None:
             entropy = torch.where(counted, entropy, zero)
         ctx.set_materialize_grads(False)
-        ctx.o = o
+        ctx.o, ctx.vocab, ctx.rows_ignore = o, vocab, rows_ignore
         ctx.save_for_backward(hidden, weight, bias, target, lse, entropy)
         return (logp, entropy) if entropy is not None else logp
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp, grad_entropy=None):
+        import torch.distributed as dist
+
         hidden, weight, bias, target, lse, entropy = ctx.saved_tensors
         o, needs = ctx.o, ctx.needs_input_grad
+        none = (None, None, None)  # target, options, vocabulary slice
         if not any(needs[:3]) or (grad_logp is None and grad_entropy is None):
-            return None, None, None, None, None
-        dtype = lse.dtype
-        counted = target != o.ignore_index
-        index = torch.where(counted, target, torch.zeros_like(target))[:, None]
+            return (None, None, None) + none
+        dtype = _row_dtype(hidden.dtype)
         zero = torch.zeros((), dtype=dtype, device=hidden.device)
+        counted, rows_target = target != o.ignore_index, target
+        if ctx.vocab is not None:
+            rows_target = _local_target(target, ctx.vocab, weight.shape[0], o.ignore_index)
         # ignored tokens: no gradient (where, not a product: an inf/NaN
         # upstream gradient on an ignored token stays out)
         g_logp = torch.where(counted, grad_logp.to(dtype), zero) if grad_logp is not None else None
         g_ent = torch.where(counted, grad_entropy.to(dtype), zero) if grad_entropy is not None else None
+        g_lse = None
+        if ctx.vocab is not None and g_logp is not None:
+            # a slice without the target: d log p = -d lse there (the row
+            # kernel leaves the g_logp of its "ignored" rows out)
+            g_lse = torch.where(rows_target >= 0, zero, -g_logp)
         grads = _grad_accumulator(hidden, weight, bias, needs)
         for s, e in _spans(hidden.shape[0], o.chunk):
-            dz = _logprob_grad_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), index[s:e], lse[s:e],
+            dz = _logprob_grad_rows(_chunk_logits(hidden, weight, bias, s, e, dtype), rows_target[s:e], lse[s:e],
                                     entropy[s:e] if entropy is not None else None,
+                                    g_lse[s:e] if g_lse is not None else None,
                                     g_logp[s:e] if g_logp is not None else None,
-                                    g_ent[s:e] if g_ent is not None else None, o.temperature)
+                                    g_ent[s:e] if g_ent is not None else None, o, ctx.rows_ignore)
             _fold(grads, s, e, dz, hidden, weight)
             del dz  # (before the next chunk's logits exist)
-        return grads.result(None) + (None, None)
+        grad_hidden, grad_weight, grad_bias = grads.result(None)
+        if grad_hidden is not None and ctx.vocab is not None:  # every slice's share of it
+            dist.all_reduce(grad_hidden, group=ctx.vocab.group)
+        return (grad_hidden, grad_weight, grad_bias) + none
 
 
-@torch._dynamo.disable
-def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, linear_bias: Optional[Tensor] = None,
-                    temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
-                    chunk_size: Optional[int] = None):
-    """:func:`fastact.functional.linear_logprobs` (the API and its documentation) on
-    plain tensors. Runs eagerly under torch.compile."""
-    op = "fastact.linear_logprobs"
+def _logprobs(op: str, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Optional[Tensor],
+              temperature: float, return_entropy: bool, ignore_index: int, chunk_size: Optional[int],
+              vocab: Optional[_VocabSlice]):
     _check_head(op, "", input, linear_weight, linear_bias)
     lead = tuple(input.shape[:-1])
     _check_target(op, target, lead, input.device)
@@ -256,10 +305,44 @@ def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, lin
     n, (v, h) = hidden.shape[0], weight.shape
     chunk = _chunk(op, n, v, h, hidden.dtype, hidden.device.type, chunk_size, widened)
     o = _LogprobOptions(temperature, int(ignore_index), chunk, bool(return_entropy))
-    out = _LinearLogprobs.apply(hidden, weight, bias, target.reshape(-1).long(), o)
+    target = target.reshape(-1).long()
+    if vocab is not None:
+        # (the slices' kernels see only their own columns: the global range
+        # is checked here, without a host sync on CUDA)
+        torch._assert_async(((target == o.ignore_index) | ((target >= 0) & (target < vocab.vocab))).all(),
+                            f"{op}: target out of bounds for {vocab.vocab} classes")
+    out = _LinearLogprobs.apply(hidden, weight, bias, target, o, vocab)
     if return_entropy:
         return out[0].view(lead), out[1].view(lead)
     return out.view(lead)
+
+
+@torch._dynamo.disable
+def linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, *, linear_bias: Optional[Tensor] = None,
+                    temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
+                    chunk_size: Optional[int] = None):
+    """:func:`fastact.functional.linear_logprobs` (the API and its documentation) on
+    plain tensors. Runs eagerly under torch.compile."""
+    return _logprobs("fastact.linear_logprobs", input, linear_weight, target, linear_bias, temperature,
+                     return_entropy, ignore_index, chunk_size, None)
+
+
+@torch._dynamo.disable
+def vocab_parallel_linear_logprobs(input: Tensor, linear_weight: Tensor, target: Tensor, group, start: int,
+                                   vocab: int, *, linear_bias: Optional[Tensor] = None, temperature: float = 1.0,
+                                   return_entropy: bool = False, ignore_index: int = -100,
+                                   chunk_size: Optional[int] = None):
+    """``linear_logprobs`` of a column-parallel LM head over the ranks of
+    ``group``: ``linear_weight`` (and ``linear_bias``) are this rank's
+    [V_local, H] slice, global classes [start, start + V_local) of ``vocab``;
+    ``input`` and ``target`` (global class indices) are the same on every
+    rank, and so are the results. Per chunk of tokens two all-reduces of
+    (tokens,) vectors (the max of the slices' logsumexps, then the sums
+    that carry the sum of exponentials, the target's logit and the entropy
+    terms); the logits are never gathered. The input's gradient is
+    all-reduced, the weight's and bias's are this rank's slices."""
+    return _logprobs("fastact.linear_logprobs", input, linear_weight, target, linear_bias, temperature,
+                     return_entropy, ignore_index, chunk_size, _VocabSlice(group, int(start), int(vocab)))
 
 
 # --- distillation ---------------------------------------------------------------------------

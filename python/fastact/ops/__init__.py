@@ -7,7 +7,7 @@ A new family gets a module here (its ``register_fake`` and
 ``fastact.distributed.rules`` and its Python API in ``fastact.functional``
 (thin wrappers) or ``fastact.losses`` (losses with logic of their own).
 """
-from . import activations, cross_entropy, dropout, glu, mse, softmax  # noqa: F401  (registrations)
+from . import activations, cross_entropy, dropout, glu, logprob, mse, softmax  # noqa: F401  (registrations)
 from .activations import ACTIVATIONS
 from .glu import GLUS
 
