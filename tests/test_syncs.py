@@ -239,6 +239,33 @@ def _linear_ce(prob=False, bias=False, **options):
     return make
 
 
+def _linear_logprobs(entropy=False, bias=False, temperature=1.0):
+    def make(device, dtype):
+        n, h, v = 10, 8, 13
+        x = _x(n, h, device=device, dtype=dtype)
+        w = _x(v, h, device=device, dtype=dtype, scale=0.3)
+        leaves, kw = [x, w], dict(return_entropy=entropy, temperature=temperature)
+        if bias:
+            kw["linear_bias"] = _x(v, device=device, dtype=dtype, scale=0.1)
+            leaves.append(kw["linear_bias"])
+        t = torch.randint(0, v, (n,))
+        t[2] = -100
+        t = t.to(device)
+        # chunk_size=4: three chunks, the chunk loop runs
+        return (lambda: F.linear_logprobs(x, w, t, chunk_size=4, **kw)), leaves
+    return make
+
+
+def _logprob_rows(device, dtype):
+    # the row op itself (float32 logits whatever the case's dtype), its
+    # autograd formula's out-of-place backward
+    z = _x(6, 11, device=device, dtype=torch.float32)
+    t = torch.randint(0, 11, (6,))
+    t[1] = -100
+    t = t.to(device)
+    return (lambda: torch.ops.fastact.logprob_rows(z, t, 0.7, -100, True)), [z]
+
+
 def _dropout_family(name):
     def make(device, dtype):
         x = _x(32, 64, device=device, dtype=dtype)
@@ -290,6 +317,9 @@ CASES: list[tuple[str, Callable]] = (
         ("weight, smoothing, bias", dict(weight=True, label_smoothing=0.1, bias=True)),
         ("z_loss, softcap", dict(z_loss=1e-3, softcap=5.0)),
         ("probabilities", dict(prob=True))]]
+    + [(f"linear_logprobs({label})", _linear_logprobs(**kw)) for label, kw in [
+        ("logp", {}), ("entropy, temperature, bias", dict(entropy=True, temperature=0.7, bias=True))]]
+    + [("logprob_rows", _logprob_rows)]
 )
 CASE_IDS = [label for label, _ in CASES]
 DTYPES = [torch.float32, torch.bfloat16]

@@ -122,7 +122,7 @@ def _prepare(input: Tensor, weight: Tensor, bias: Optional[Tensor]):
     so autograd rounds each gradient back once."""
     hidden = input.reshape(-1, input.shape[-1])
     device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         hidden, weight = hidden.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
